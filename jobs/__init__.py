@@ -1,0 +1,1 @@
+"""The ETL jobs: imports, upserts, exports, transfers and the nightly export."""

@@ -1,0 +1,1 @@
+"""The worker frame: settings, database, logging, the arq worker, the client and the CLI."""

@@ -1,0 +1,139 @@
+"""The arq worker: `arq worker.main.WorkerSettings` or `etl worker`.
+
+The worker owns the engine: start-up creates it and puts it in arq's ctx, shut-down disposes of it.
+`WorkerSettings` is built on first access (PEP 562), so importing this module reads no environment
+and starts nothing; `build_worker_settings()` is what tests and the CLI call.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import structlog
+from arq import cron
+from arq.connections import RedisSettings
+from arq.cron import CronJob
+from arq.worker import Function, func
+
+from jobs.exports import export_dataset
+from jobs.imports import import_file
+from jobs.nightly import nightly_export
+from jobs.ping import ping
+from jobs.transfers import transfer_funds
+from jobs.upserts import upsert_rows
+from worker import embedded
+from worker.context import CTX_KEY, AppContext
+from worker.db import create_engine, create_sessionmaker
+from worker.logging import configure_logging
+from worker.redis import redis_settings
+from worker.runner import JobSpec
+from worker.serialization import deserialize, serialize
+from worker.settings import Settings, get_settings
+
+log = structlog.get_logger("worker")
+
+JOBS: tuple[JobSpec[Any, Any], ...] = (
+    import_file,
+    upsert_rows,
+    export_dataset,
+    transfer_funds,
+    ping,
+)
+HEALTH_CHECK_INTERVAL_S = 10
+
+
+async def startup(ctx: dict[str, Any]) -> None:
+    settings: Settings = ctx["settings"]
+    # arq's CLI reconfigures logging after importing WorkerSettings; take it back.
+    configure_logging(settings.log_level, settings.resolved_log_format)
+    engine = create_engine(settings)
+    ctx[CTX_KEY] = AppContext(
+        settings=settings, engine=engine, sessionmaker=create_sessionmaker(engine)
+    )
+    log.info(
+        "engine.created",
+        database=settings.database_url_safe(),
+        pool_size=settings.pool_size,
+        max_overflow=settings.max_overflow,
+    )
+    log.info("worker.started", queue=settings.queue_name, functions=[j.name for j in JOBS])
+
+
+async def shutdown(ctx: dict[str, Any]) -> None:
+    app = ctx.pop(CTX_KEY, None)
+    if isinstance(app, AppContext):
+        await app.engine.dispose()
+        log.info("engine.disposed")
+    log.info("worker.stopped")
+
+
+async def on_job_start(ctx: dict[str, Any]) -> None:
+    # A fresh context per job: nothing bound by one job can reach the next.
+    structlog.contextvars.clear_contextvars()
+    structlog.contextvars.bind_contextvars(job_id=ctx.get("job_id"), job_try=ctx.get("job_try"))
+
+
+async def after_job_end(ctx: dict[str, Any]) -> None:
+    structlog.contextvars.clear_contextvars()
+
+
+def functions(settings: Settings) -> list[Function]:
+    return [
+        func(
+            job.run,
+            name=job.name,
+            timeout=job.timeout_s,
+            max_tries=settings.max_tries,
+        )
+        for job in JOBS
+    ]
+
+
+def cron_jobs(settings: Settings) -> list[CronJob]:
+    at = settings.nightly_at
+    return [
+        cron(
+            nightly_export.run,
+            name=nightly_export.name,
+            hour={at.hour},
+            minute={at.minute},
+            second={at.second},
+            # One run per tick across all workers: arq gives the tick's job a fixed id.
+            unique=True,
+            timeout=nightly_export.timeout_s,
+            max_tries=settings.max_tries,
+        )
+    ]
+
+
+def build_worker_settings(
+    settings: Settings, *, redis: RedisSettings | None = None, **overrides: Any
+) -> dict[str, Any]:
+    """Keyword arguments for arq's Worker; `settings` must already point at real servers."""
+    worker: dict[str, Any] = {
+        "functions": functions(settings),
+        "cron_jobs": cron_jobs(settings),
+        "redis_settings": redis or redis_settings(settings),
+        "queue_name": settings.queue_name,
+        "max_jobs": settings.max_jobs,
+        "max_tries": settings.max_tries,
+        "keep_result": settings.keep_result_s,
+        "health_check_interval": HEALTH_CHECK_INTERVAL_S,
+        "job_serializer": serialize,
+        "job_deserializer": deserialize,
+        "on_startup": startup,
+        "on_shutdown": shutdown,
+        "on_job_start": on_job_start,
+        "after_job_end": after_job_end,
+        "ctx": {"settings": settings},
+    }
+    worker.update(overrides)
+    return worker
+
+
+def __getattr__(name: str) -> Any:
+    if name == "WorkerSettings":
+        settings = get_settings()
+        configure_logging(settings.log_level, settings.resolved_log_format)
+        return type("WorkerSettings", (), build_worker_settings(embedded.resolve(settings)))
+    raise AttributeError(name)

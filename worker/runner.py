@@ -1,0 +1,200 @@
+"""How every job runs: payload validation, log context, retries, heartbeat, the canonical line.
+
+A job module writes `async def impl(run: JobRun, payload: SomePayload) -> SomeResult` and wraps it
+with `@etl_job(...)`; the worker registers the resulting JobSpec's `run` with arq.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+import time
+from collections.abc import Awaitable, Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any, Generic, TypeVar
+
+import structlog
+from arq import Retry
+from arq.constants import in_progress_key_prefix
+from pydantic import BaseModel, ValidationError
+
+from worker.context import AppContext, app_context
+from worker.errors import EtlError, InvalidPayload, TransientError, is_transient
+
+log = structlog.get_logger("worker.job")
+
+PayloadT = TypeVar("PayloadT", bound=BaseModel)
+ResultT = TypeVar("ResultT", bound=BaseModel)
+
+PROGRESS_KEY_PREFIX = "etl:progress:"
+_PROGRESS_EVERY_S = 2.0
+
+
+def backoff_delay(
+    job_try: int, *, base_s: float, cap_s: float, rand: Callable[[], float] = random.random
+) -> float:
+    """Seconds before try `job_try + 1`: exponential from `base_s`, capped, with equal jitter."""
+    ceiling = min(cap_s, base_s * 2 ** max(job_try - 1, 0))
+    return float(ceiling / 2 + ceiling / 2 * rand())
+
+
+def payload_error(exc: ValidationError) -> InvalidPayload:
+    """One line naming each bad field and why, without echoing the input values."""
+    parts = []
+    for error in exc.errors(include_input=False, include_url=False):
+        where = ".".join(str(part) for part in error["loc"]) or "payload"
+        message = error["msg"].removeprefix("Value error, ")
+        parts.append(f"{where}: {message}")
+    return InvalidPayload("invalid payload: " + "; ".join(parts))
+
+
+def validate_payload(
+    model: type[PayloadT], args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> PayloadT:
+    if args:
+        raise InvalidPayload("invalid payload: this job takes keyword arguments only")
+    try:
+        return model.model_validate(kwargs)
+    except ValidationError as exc:
+        raise payload_error(exc) from None
+
+
+@dataclass
+class JobRun:
+    """One run of one job: the worker's resources plus this run's identity and progress."""
+
+    app: AppContext
+    job_id: str
+    job_try: int
+    redis: Any = None
+    counters: dict[str, int] = field(default_factory=dict)
+    _last_progress: float = 0.0
+
+    async def progress(self, **counters: int) -> None:
+        """Record progress; logged and published to Redis at most every couple of seconds."""
+        self.counters.update(counters)
+        now = time.monotonic()
+        if now - self._last_progress < _PROGRESS_EVERY_S:
+            return
+        self._last_progress = now
+        log.info("job.progress", **self.counters)
+        if self.redis is not None:
+            from worker.serialization import serialize
+
+            with contextlib.suppress(Exception):  # progress is best effort; the job goes on
+                await self.redis.set(
+                    PROGRESS_KEY_PREFIX + self.job_id, serialize(self.counters), ex=3600
+                )
+
+
+@dataclass(frozen=True)
+class JobSpec(Generic[PayloadT, ResultT]):
+    """A job as the worker registers it and the client enqueues it."""
+
+    name: str
+    payload: type[PayloadT]
+    result: type[ResultT]
+    timeout_s: float
+    impl: Callable[[JobRun, PayloadT], Awaitable[ResultT]]
+
+    async def run(self, ctx: dict[str, Any], *args: Any, **kwargs: Any) -> dict[str, Any]:
+        """arq's entry point for this job."""
+        return await run_job(self, ctx, args, kwargs)
+
+
+def etl_job(
+    *, name: str, payload: type[PayloadT], result: type[ResultT], timeout_s: float
+) -> Callable[[Callable[[JobRun, PayloadT], Awaitable[ResultT]]], JobSpec[PayloadT, ResultT]]:
+    def wrap(
+        impl: Callable[[JobRun, PayloadT], Awaitable[ResultT]],
+    ) -> JobSpec[PayloadT, ResultT]:
+        return JobSpec(name=name, payload=payload, result=result, timeout_s=timeout_s, impl=impl)
+
+    return wrap
+
+
+@contextlib.contextmanager
+def _heartbeat(ctx: dict[str, Any], job_id: str, ttl_s: int) -> Iterator[None]:
+    """Keep arq's in-progress key short-lived while the job runs.
+
+    arq sets the key for the longest job timeout + 10 s, so a job whose worker was killed would wait
+    that long (an hour, for imports) before any worker ran it again. Shortening the key to `ttl_s`
+    and extending it while the job is alive bounds that wait whatever the job's timeout.
+    """
+    redis = ctx.get("redis")
+    if redis is None or not job_id:
+        yield
+        return
+    key = in_progress_key_prefix + job_id
+
+    async def beat() -> None:
+        while True:
+            try:
+                await redis.pexpire(key, ttl_s * 1000)
+            except Exception as exc:  # Redis away for a moment: the job itself goes on
+                log.warning("job.heartbeat_failed", error=type(exc).__name__)
+            await asyncio.sleep(ttl_s / 3)
+
+    task = asyncio.create_task(beat())
+    try:
+        yield
+    finally:
+        task.cancel()
+
+
+def _counters(result: BaseModel) -> dict[str, Any]:
+    """The result's numbers and short strings, for the canonical line."""
+    out: dict[str, Any] = {}
+    for key, value in result.model_dump(mode="json").items():
+        if isinstance(value, bool | int | float) or (isinstance(value, str) and len(value) < 200):
+            out[key] = value
+    return out
+
+
+async def run_job(
+    spec: JobSpec[Any, Any], ctx: dict[str, Any], args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> dict[str, Any]:
+    app = app_context(ctx)
+    settings = app.settings
+    job_id = str(ctx.get("job_id", ""))
+    job_try = int(ctx.get("job_try", 1))
+    run = JobRun(app=app, job_id=job_id, job_try=job_try, redis=ctx.get("redis"))
+    started = time.perf_counter()
+    status = "failed"
+    fields: dict[str, Any] = {}
+    with (
+        structlog.contextvars.bound_contextvars(function=spec.name, job_id=job_id, job_try=job_try),
+        _heartbeat(ctx, job_id, settings.requeue_after_s),
+    ):
+        try:
+            payload = validate_payload(spec.payload, args, kwargs)
+            result = await spec.impl(run, payload)
+            status = "complete"
+            fields = _counters(result)
+            dumped: dict[str, Any] = result.model_dump(mode="json")
+            return dumped
+        except asyncio.CancelledError:
+            status = "cancelled"
+            raise
+        except Exception as exc:
+            fields = {"error": str(exc)[:500], "error_type": type(exc).__name__, **run.counters}
+            if not is_transient(exc):
+                if not isinstance(exc, EtlError):
+                    log.exception("job.crashed")
+                raise
+            if job_try >= settings.max_tries:
+                raise TransientError(
+                    f"gave up after {job_try} tries: {type(exc).__name__}: {exc}"
+                ) from exc
+            status = "retrying"
+            delay = backoff_delay(job_try, base_s=settings.retry_base_s, cap_s=settings.retry_cap_s)
+            fields["retry_in_s"] = round(delay, 2)
+            raise Retry(defer=delay) from exc
+        finally:
+            log.info(
+                "job.finished",
+                status=status,
+                duration_ms=round((time.perf_counter() - started) * 1000, 1),
+                **fields,
+            )

@@ -1,0 +1,147 @@
+"""The service's configuration, read from the environment (and an optional `.env`)."""
+
+from __future__ import annotations
+
+import sys
+from datetime import time
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+from sqlalchemy.engine import URL, make_url
+from sqlalchemy.exc import ArgumentError
+
+_PG_SCHEMES = {"postgresql", "postgres", "postgresql+asyncpg"}
+_REDIS_SCHEMES = {"redis", "rediss", "unix"}
+
+
+def normalise_database_url(value: str) -> str:
+    """Accept `postgres://` and `postgresql://` and return a `postgresql+asyncpg://` URL."""
+    try:
+        url = make_url(value.strip())
+    except ArgumentError:
+        raise ValueError("DATABASE_URL is not a URL (expected postgresql://user@host/db)") from None
+    if url.drivername not in _PG_SCHEMES:
+        raise ValueError(
+            f"DATABASE_URL scheme {url.drivername!r} is not supported (use postgresql://)"
+        )
+    if not url.database:
+        raise ValueError("DATABASE_URL names no database (expected postgresql://user@host/db)")
+    return url.set(drivername="postgresql+asyncpg").render_as_string(hide_password=False)
+
+
+def redact_url(value: str) -> str:
+    """The URL with its password replaced by `***`, safe for logs and messages."""
+    if "://" not in value:
+        return value
+    scheme, rest = value.split("://", 1)
+    userinfo, sep, hostpart = rest.rpartition("@")
+    if not sep or ":" not in userinfo:
+        return value
+    user = userinfo.split(":", 1)[0]
+    return f"{scheme}://{user}:***@{hostpart}"
+
+
+class Settings(BaseSettings):
+    """Everything the worker, the CLI and the client read from the environment."""
+
+    model_config = SettingsConfigDict(
+        env_file=".env", extra="ignore", populate_by_name=True, hide_input_in_errors=True
+    )
+
+    database_url: str | None = Field(default=None, alias="DATABASE_URL", repr=False)
+    """PostgreSQL URL; unset means an embedded PostgreSQL under the state dir."""
+    redis_url: str | None = Field(default=None, alias="REDIS_URL", repr=False)
+    """Redis URL (redis://, rediss:// or unix://); unset means an embedded Redis."""
+
+    import_dir: Path = Field(default=Path("data/inbox"), alias="ETL_IMPORT_DIR")
+    """Import files are read only from inside this directory."""
+    export_dir: Path = Field(default=Path("data/exports"), alias="ETL_EXPORT_DIR")
+    """Export files are written only inside this directory."""
+    state_dir: Path = Field(default=Path(".etl"), alias="ETL_STATE_DIR")
+    """Where the embedded servers keep their data."""
+
+    pool_size: int = Field(default=5, ge=1, alias="DB_POOL_SIZE")
+    max_overflow: int = Field(default=5, ge=0, alias="DB_MAX_OVERFLOW")
+    pool_recycle: int = Field(default=1800, alias="DB_POOL_RECYCLE")
+    """Seconds after which a pooled connection is replaced."""
+    pool_pre_ping: bool = Field(default=True, alias="DB_POOL_PRE_PING")
+
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
+        default="INFO", alias="LOG_LEVEL"
+    )
+    log_format: Literal["json", "console"] | None = Field(default=None, alias="LOG_FORMAT")
+    """`json` or `console`; unset means console on a TTY, JSON otherwise."""
+
+    queue_name: str = Field(default="etl:queue", alias="ETL_QUEUE")
+    max_jobs: int = Field(default=8, ge=1, alias="ETL_MAX_JOBS")
+    """How many jobs one worker process runs at once."""
+    max_tries: int = Field(default=5, ge=1, alias="ETL_MAX_TRIES")
+    """How many times a job runs before a transient failure becomes final."""
+    retry_base_s: float = Field(default=1.0, gt=0, alias="ETL_RETRY_BASE")
+    """First retry delay; each later try doubles it (with jitter), up to the cap."""
+    retry_cap_s: float = Field(default=60.0, gt=0, alias="ETL_RETRY_CAP")
+    requeue_after_s: int = Field(default=60, ge=5, alias="ETL_REQUEUE_AFTER")
+    """How long after a worker dies its running jobs become runnable again."""
+    shutdown_grace_s: float = Field(default=30.0, ge=0, alias="ETL_SHUTDOWN_GRACE")
+    """On SIGTERM, how long running jobs may take to finish before they are cancelled."""
+    keep_result_s: int = Field(default=7 * 24 * 3600, ge=0, alias="ETL_KEEP_RESULT")
+    """How long job results (and failures) stay in Redis for `etl status` and `etl failed`."""
+
+    nightly_at: time = Field(default=time(2, 0), alias="ETL_NIGHTLY_AT")
+    """UTC time of day of the nightly export."""
+    nightly_datasets: str = Field(
+        default="customers,accounts,transfers", alias="ETL_NIGHTLY_DATASETS"
+    )
+    """Comma-separated datasets the nightly export writes."""
+    export_keep: int = Field(default=7, ge=1, alias="ETL_EXPORT_KEEP")
+    """Nightly files kept per dataset; older ones are deleted."""
+
+    @field_validator("database_url")
+    @classmethod
+    def _normalise_database_url(cls, value: str | None) -> str | None:
+        return None if not value else normalise_database_url(value)
+
+    @field_validator("redis_url")
+    @classmethod
+    def _check_redis_url(cls, value: str | None) -> str | None:
+        if not value:
+            return None
+        scheme = value.split("://", 1)[0] if "://" in value else ""
+        if scheme not in _REDIS_SCHEMES:
+            raise ValueError("REDIS_URL must start with redis://, rediss:// or unix://")
+        return value
+
+    @field_validator("import_dir", "export_dir", "state_dir")
+    @classmethod
+    def _absolute(cls, value: Path) -> Path:
+        return value.expanduser().absolute()
+
+    @property
+    def resolved_log_format(self) -> Literal["json", "console"]:
+        if self.log_format is not None:
+            return self.log_format
+        return "console" if sys.stdout.isatty() else "json"
+
+    @property
+    def nightly_dataset_names(self) -> list[str]:
+        return [name.strip() for name in self.nightly_datasets.split(",") if name.strip()]
+
+    def database_url_safe(self) -> str | None:
+        return None if self.database_url is None else redact_url(self.database_url)
+
+    def redis_url_safe(self) -> str | None:
+        return None if self.redis_url is None else redact_url(self.redis_url)
+
+    def sqlalchemy_url(self) -> URL:
+        if self.database_url is None:
+            raise RuntimeError("no database URL: call worker.embedded.resolve() first")
+        return make_url(self.database_url)
+
+
+@lru_cache
+def get_settings() -> Settings:
+    """The process's settings, read once."""
+    return Settings()
