@@ -17,13 +17,13 @@ from typing import Any
 
 import asyncpg
 import pytest
-from alembic import command
 from alembic.config import Config
 from arq.connections import ArqRedis
 from sqlalchemy import text
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from alembic import command
 from worker import embedded
 from worker.context import CTX_KEY, AppContext
 from worker.db import create_engine, create_sessionmaker
