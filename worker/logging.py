@@ -55,11 +55,18 @@ def configure_logging(
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
-    # arq's CLI gives its logger a text handler of its own; send its lines through ours instead.
-    for name in ("arq", "arq.worker", "arq.jobs", "arq.connections", "arq.cron"):
-        named = logging.getLogger(name)
-        named.handlers.clear()
-        named.propagate = True
-        named.setLevel(level)
+    reclaim_arq_logger(level)
     logging.getLogger("sqlalchemy").setLevel("WARNING")
     logging.captureWarnings(True)
+
+
+def reclaim_arq_logger(level: str = "INFO") -> None:
+    """Send arq's lines through the root handler (ours) rather than arq's own text handler.
+
+    arq's CLI applies its dictConfig after importing WorkerSettings, giving the `arq` logger a
+    handler of its own; the worker's start-up hook calls this to take those lines back.
+    """
+    named = logging.getLogger("arq")
+    named.handlers.clear()
+    named.propagate = True
+    named.setLevel(level)

@@ -24,7 +24,7 @@ from jobs.upserts import upsert_rows
 from worker import embedded
 from worker.context import CTX_KEY, AppContext
 from worker.db import create_engine, create_sessionmaker
-from worker.logging import configure_logging
+from worker.logging import configure_logging, reclaim_arq_logger
 from worker.redis import redis_settings
 from worker.runner import JobSpec
 from worker.serialization import deserialize, serialize
@@ -44,8 +44,7 @@ HEALTH_CHECK_INTERVAL_S = 10
 
 async def startup(ctx: dict[str, Any]) -> None:
     settings: Settings = ctx["settings"]
-    # arq's CLI reconfigures logging after importing WorkerSettings; take it back.
-    configure_logging(settings.log_level, settings.resolved_log_format)
+    reclaim_arq_logger(settings.log_level)
     engine = create_engine(settings)
     ctx[CTX_KEY] = AppContext(
         settings=settings, engine=engine, sessionmaker=create_sessionmaker(engine)
