@@ -1,0 +1,411 @@
+"""The client apps use to enqueue jobs: typed, validated before anything reaches Redis.
+
+    async with EtlClient(get_settings()) as etl:
+        job = await etl.import_file(ImportFilePayload(dataset="customers", path="customers.csv"))
+        result = await job.result(timeout=600)  # an ImportResult, or JobFailed
+
+Jobs are written in arq's JSON job format (see worker/serialization.py), so the worker runs them
+exactly as if arq's `enqueue_job` had written them; one Lua script writes a whole batch in one
+round trip, skipping any job whose id already exists, as arq does.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Any, Generic, TypeVar, cast
+
+from arq.connections import ArqRedis
+from arq.constants import expires_extra_ms, job_key_prefix, result_key_prefix
+from arq.utils import timestamp_ms
+from pydantic import BaseModel, ValidationError
+
+from jobs import exports, imports, transfers, upserts
+from jobs.models import (
+    ExportPayload,
+    ExportResult,
+    ImportFilePayload,
+    ImportResult,
+    TransferPayload,
+    TransferResult,
+    UpsertResult,
+    UpsertRowsPayload,
+)
+from jobs.nightly import nightly_export
+from jobs.ping import PingPayload, PingResult, ping
+from worker import embedded
+from worker.errors import ConfigError, EtlError, InvalidPayload
+from worker.main import JOBS
+from worker.redis import connect
+from worker.runner import JobSpec, payload_error
+from worker.serialization import JobError, serialize
+from worker.settings import Settings, get_settings
+from worker.status import RETRIED_KEY_PREFIX, JobState, read_state
+
+PayloadT = TypeVar("PayloadT", bound=BaseModel)
+ResultT = TypeVar("ResultT", bound=BaseModel)
+
+SPECS: dict[str, JobSpec[Any, Any]] = {spec.name: spec for spec in (*JOBS, nightly_export)}
+"""Every job the worker runs, by name (the nightly export too, so its failures can be retried)."""
+SPEC_BY_PAYLOAD: dict[type[BaseModel], JobSpec[Any, Any]] = {spec.payload: spec for spec in JOBS}
+
+BATCH_SIZE = 500
+"""Jobs per script call: big enough to make round trips rare, small enough not to stall Redis."""
+
+# KEYS[1] is the queue, then each job's job key and result key; ARGV[1] the job keys' expiry (ms),
+# ARGV[2] the score, then each job's id and serialised job. Returns 1 (written) or 0 (an id that
+# already exists, queued or finished: arq's enqueue_job skips those too) per job.
+_ENQUEUE_SCRIPT = """
+local created = {}
+for i = 1, (#KEYS - 1) / 2 do
+  if redis.call('EXISTS', KEYS[2 * i], KEYS[2 * i + 1]) == 0 then
+    redis.call('SET', KEYS[2 * i], ARGV[2 * i + 2], 'PX', ARGV[1])
+    redis.call('ZADD', KEYS[1], ARGV[2], ARGV[2 * i + 1])
+    created[i] = 1
+  else
+    created[i] = 0
+  end
+end
+return created
+"""
+
+# KEYS: the failed job's result key, its retried marker, the queue, the new job key, the new
+# result key. ARGV: the new job's key expiry (ms), score, serialised job, id. Atomic, so two
+# operators retrying the same failure enqueue it once. Returns {0} when the failure is gone,
+# {2, id} when it was already retried as `id`, {1, new id} when enqueued.
+_RETRY_SCRIPT = """
+local ttl = redis.call('PTTL', KEYS[1])
+if ttl == -2 then return {0} end
+local prior = redis.call('GET', KEYS[2])
+if prior then return {2, prior} end
+if redis.call('EXISTS', KEYS[4], KEYS[5]) == 1 then return {3} end
+if ttl > 0 then
+  redis.call('SET', KEYS[2], ARGV[4], 'PX', ttl)
+else
+  redis.call('SET', KEYS[2], ARGV[4])
+end
+redis.call('SET', KEYS[4], ARGV[3], 'PX', ARGV[1])
+redis.call('ZADD', KEYS[3], ARGV[2], ARGV[4])
+return {1, ARGV[4]}
+"""
+
+
+class JobFailed(JobError):
+    """The job ran and failed; `kind` and `message` are the worker's error."""
+
+    def __init__(self, job_id: str, error: JobError, *, tries: int) -> None:
+        super().__init__(error.kind, error.message)
+        self.job_id = job_id
+        self.tries = tries
+
+
+class JobNotFound(EtlError):
+    """No such job: it never existed here, or its result has expired."""
+
+
+class CannotRetry(EtlError):
+    """This job cannot be retried."""
+
+
+def validate(spec: JobSpec[PayloadT, Any], payload: PayloadT | Mapping[str, Any]) -> PayloadT:
+    """The payload as the worker will see it; InvalidPayload (field and reason) otherwise."""
+    if isinstance(payload, BaseModel):
+        if not isinstance(payload, spec.payload):
+            raise InvalidPayload(
+                f"invalid payload: {spec.name} takes {spec.payload.__name__}, "
+                f"got {type(payload).__name__}"
+            )
+        # Checked again: a model built with model_construct() skipped validation.
+        data: Any = payload.model_dump(mode="json")
+    else:
+        data = payload
+    try:
+        return spec.payload.model_validate(data)
+    except ValidationError as exc:
+        raise payload_error(exc) from None
+
+
+def job_bytes(function: str, kwargs: Mapping[str, Any], *, enqueue_time_ms: int) -> bytes:
+    """arq's job record (`t` try, `f` function, `a` args, `k` kwargs, `et` enqueue time) as JSON."""
+    return serialize({"t": 1, "f": function, "a": [], "k": kwargs, "et": enqueue_time_ms})
+
+
+@dataclass(frozen=True, slots=True)
+class JobRequest:
+    """One job of a batch: a validated payload model, and optionally the job's id."""
+
+    payload: BaseModel
+    job_id: str | None = None
+
+
+class JobHandle(Generic[ResultT]):
+    """A job that was enqueued (or already existed under the id asked for)."""
+
+    def __init__(
+        self,
+        client: EtlClient,
+        job_id: str,
+        *,
+        function: str | None,
+        result_model: type[ResultT] | None,
+        created: bool,
+    ) -> None:
+        self._client = client
+        self.job_id = job_id
+        self.function = function
+        self.created = created
+        """False when a job with this id already existed: this handle points at that job."""
+        self._result_model = result_model
+
+    def __repr__(self) -> str:
+        return f"<JobHandle {self.function} {self.job_id}>"
+
+    async def status(self) -> JobState:
+        return await self._client.status(self.job_id)
+
+    # `timeout` as a parameter, like arq's Job.result, so an app can swap one for the other.
+    async def result(
+        self,
+        timeout: float | None = None,  # noqa: ASYNC109
+        *,
+        poll_delay: float = 0.25,
+    ) -> ResultT:
+        """Wait for the job's result; JobFailed with the worker's error if it failed.
+
+        TimeoutError after `timeout` seconds; JobNotFound if the job is not (or no longer) known.
+        """
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            state = await self.status()
+            if state.state == "complete":
+                return self._parse(state)
+            if state.state == "failed":
+                assert state.error is not None
+                raise JobFailed(self.job_id, state.error, tries=state.tries)
+            if state.state == "not_found":
+                raise JobNotFound(
+                    f"job {self.job_id} not found: never enqueued on this queue, "
+                    "or its result expired (ETL_KEEP_RESULT)"
+                )
+            if deadline is not None and time.monotonic() >= deadline:
+                raise TimeoutError(f"job {self.job_id} still {state.state} after {timeout:g} s")
+            await asyncio.sleep(poll_delay)
+
+    def _parse(self, state: JobState) -> ResultT:
+        model: type[BaseModel] | None = self._result_model
+        if model is None and state.function in SPECS:
+            model = SPECS[state.function].result
+        if model is None:
+            raise JobNotFound(
+                f"job {self.job_id} ran {state.function!r}, not one of this service's"
+            )
+        return cast(ResultT, model.model_validate(state.result))
+
+
+class EtlClient:
+    """Enqueue jobs and read their outcome. Create once per app; close on shutdown.
+
+    With no REDIS_URL set, the client finds (or starts) the embedded Redis under ETL_STATE_DIR,
+    as the worker does, so both meet on the same queue.
+    """
+
+    def __init__(
+        self,
+        settings: Settings | None = None,
+        *,
+        redis_url: str | None = None,
+        queue_name: str | None = None,
+    ) -> None:
+        settings = settings or get_settings()
+        update: dict[str, Any] = {}
+        if redis_url is not None:
+            if redis_url.split("://", 1)[0] not in ("redis", "rediss", "unix"):
+                raise ConfigError("REDIS_URL must start with redis://, rediss:// or unix://")
+            update["redis_url"] = redis_url
+        if queue_name is not None:
+            update["queue_name"] = queue_name
+        self.settings = settings.model_copy(update=update)
+        self.queue_name = self.settings.queue_name
+        self._redis: ArqRedis | None = None
+        self._owns_redis = True
+
+    @classmethod
+    def from_redis(cls, redis: ArqRedis, settings: Settings) -> EtlClient:
+        """A client on a pool someone else owns (closing the client leaves the pool open)."""
+        client = cls(settings)
+        client._redis = redis
+        client._owns_redis = False
+        return client
+
+    async def open(self) -> EtlClient:
+        if self._redis is None:
+            settings = self.settings
+            if settings.redis_url is None:
+                settings = await asyncio.to_thread(embedded.resolve, settings)
+            self._redis = await connect(settings)
+        return self
+
+    async def close(self) -> None:
+        if self._redis is not None and self._owns_redis:
+            await self._redis.aclose()
+        self._redis = None
+
+    async def __aenter__(self) -> EtlClient:
+        return await self.open()
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    @property
+    def redis(self) -> ArqRedis:
+        if self._redis is None:
+            raise RuntimeError("the client is not open: use `async with EtlClient(...)`")
+        return self._redis
+
+    # One typed method per job. `_job_id` deduplicates: a second enqueue with the same id
+    # returns a handle on the first job (created=False) and writes nothing.
+
+    async def import_file(
+        self, payload: ImportFilePayload | Mapping[str, Any], *, _job_id: str | None = None
+    ) -> JobHandle[ImportResult]:
+        return await self.enqueue(imports.import_file, payload, _job_id=_job_id)
+
+    async def upsert_rows(
+        self, payload: UpsertRowsPayload | Mapping[str, Any], *, _job_id: str | None = None
+    ) -> JobHandle[UpsertResult]:
+        return await self.enqueue(upserts.upsert_rows, payload, _job_id=_job_id)
+
+    async def export_dataset(
+        self, payload: ExportPayload | Mapping[str, Any], *, _job_id: str | None = None
+    ) -> JobHandle[ExportResult]:
+        return await self.enqueue(exports.export_dataset, payload, _job_id=_job_id)
+
+    async def transfer_funds(
+        self, payload: TransferPayload | Mapping[str, Any], *, _job_id: str | None = None
+    ) -> JobHandle[TransferResult]:
+        return await self.enqueue(transfers.transfer_funds, payload, _job_id=_job_id)
+
+    async def ping(
+        self, payload: PingPayload | Mapping[str, Any] | None = None, *, _job_id: str | None = None
+    ) -> JobHandle[PingResult]:
+        return await self.enqueue(ping, payload or {}, _job_id=_job_id)
+
+    async def enqueue(
+        self,
+        spec: JobSpec[PayloadT, ResultT],
+        payload: PayloadT | Mapping[str, Any],
+        *,
+        _job_id: str | None = None,
+    ) -> JobHandle[ResultT]:
+        model = validate(spec, payload)
+        created = await self._write([(spec.name, model, _job_id or uuid.uuid4().hex)])
+        job_id, was_created = created[0]
+        return JobHandle(
+            self, job_id, function=spec.name, result_model=spec.result, created=was_created
+        )
+
+    async def enqueue_many(
+        self, requests: Iterable[JobRequest | BaseModel]
+    ) -> list[JobHandle[Any]]:
+        """Enqueue many jobs, a few hundred per round trip; handles in the order given.
+
+        Every payload is validated first: one bad payload enqueues nothing.
+        """
+        planned: list[tuple[JobSpec[Any, Any], BaseModel, str]] = []
+        for index, request in enumerate(requests):
+            if isinstance(request, BaseModel):
+                request = JobRequest(request)
+            spec = SPEC_BY_PAYLOAD.get(type(request.payload))
+            if spec is None:
+                raise InvalidPayload(
+                    f"invalid payload: job {index}: {type(request.payload).__name__} "
+                    "is not a job payload"
+                )
+            try:
+                model = validate(spec, request.payload)
+            except InvalidPayload as exc:
+                raise InvalidPayload(f"job {index}: {exc.message}") from None
+            planned.append((spec, model, request.job_id or uuid.uuid4().hex))
+        written = await self._write([(spec.name, model, job_id) for spec, model, job_id in planned])
+        return [
+            JobHandle(self, job_id, function=spec.name, result_model=spec.result, created=created)
+            for (spec, _, _), (job_id, created) in zip(planned, written, strict=True)
+        ]
+
+    async def _write(self, jobs: Sequence[tuple[str, BaseModel, str]]) -> list[tuple[str, bool]]:
+        out: list[tuple[str, bool]] = []
+        for start in range(0, len(jobs), BATCH_SIZE):
+            chunk = jobs[start : start + BATCH_SIZE]
+            now = timestamp_ms()
+            keys: list[str] = [self.queue_name]
+            argv: list[Any] = [expires_extra_ms, now]
+            for function, model, job_id in chunk:
+                keys += [job_key_prefix + job_id, result_key_prefix + job_id]
+                kwargs = model.model_dump(mode="json")
+                argv += [job_id, job_bytes(function, kwargs, enqueue_time_ms=now)]
+            flags = await self.redis.eval(_ENQUEUE_SCRIPT, len(keys), *keys, *argv)  # type: ignore[misc]
+            out += [(job_id, bool(flag)) for (_, _, job_id), flag in zip(chunk, flags, strict=True)]
+        return out
+
+    def job(self, job_id: str) -> JobHandle[Any]:
+        """A handle on a job enqueued earlier (by this process or another)."""
+        return JobHandle(self, job_id, function=None, result_model=None, created=False)
+
+    async def status(self, job_id: str) -> JobState:
+        return await read_state(self.redis, job_id, queue_name=self.queue_name)
+
+    async def retry(self, job_id: str) -> JobHandle[Any]:
+        """Enqueue a failed job again, with its original arguments, under a new id."""
+        state = await self.status(job_id)
+        if state.state == "not_found":
+            raise JobNotFound(f"job {job_id} not found (failures are kept ETL_KEEP_RESULT seconds)")
+        if state.state != "failed":
+            raise CannotRetry(f"job {job_id} is {state.state}, not failed: nothing to retry")
+        if state.queue_name != self.queue_name:
+            raise CannotRetry(f"job {job_id} ran on queue {state.queue_name!r}, not this one")
+        if state.retried_as is not None:
+            raise CannotRetry(f"job {job_id} was already retried as {state.retried_as}")
+        spec = SPECS.get(state.function or "")
+        if spec is None:
+            raise CannotRetry(
+                f"job {job_id} ran {state.function!r}, which this worker does not run"
+            )
+        if state.args:
+            raise CannotRetry(f"job {job_id} has positional arguments; jobs take keyword arguments")
+        try:
+            model = validate(spec, state.kwargs)
+        except InvalidPayload as exc:
+            raise CannotRetry(f"job {job_id} cannot succeed as enqueued: {exc.message}") from None
+        new_id = uuid.uuid4().hex
+        now = timestamp_ms()
+        keys = [
+            result_key_prefix + job_id,
+            RETRIED_KEY_PREFIX + job_id,
+            self.queue_name,
+            job_key_prefix + new_id,
+            result_key_prefix + new_id,
+        ]
+        argv: list[Any] = [
+            expires_extra_ms,
+            now,
+            job_bytes(spec.name, model.model_dump(mode="json"), enqueue_time_ms=now),
+            new_id,
+        ]
+        outcome = await self.redis.eval(_RETRY_SCRIPT, len(keys), *keys, *argv)  # type: ignore[misc]
+        code = int(outcome[0])
+        if code == 0:
+            raise JobNotFound(f"job {job_id} not found: its failure expired meanwhile")
+        if code == 2:
+            raise CannotRetry(f"job {job_id} was already retried as {outcome[1].decode()}")
+        if code == 3:
+            raise CannotRetry(f"job id {new_id} is taken; try again")
+        return JobHandle(self, new_id, function=spec.name, result_model=spec.result, created=True)

@@ -1,0 +1,185 @@
+"""What Redis knows about a job: its state, progress, result or failure, and the failed-job list.
+
+arq keeps a queued job under `arq:job:<id>` (plus its id in the queue's sorted set), marks a
+running one with `arq:in-progress:<id>`, counts its runs in `arq:retry:<id>`, and keeps a
+finished one's outcome under `arq:result:<id>` for `keep_result` seconds. The runner adds the
+progress counters under `etl:progress:<id>`; `etl retry` leaves `etl:retried:<id>` behind.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, Literal
+
+from arq.constants import (
+    in_progress_key_prefix,
+    job_key_prefix,
+    result_key_prefix,
+    retry_key_prefix,
+)
+from redis.asyncio import Redis
+
+from worker.runner import PROGRESS_KEY_PREFIX
+from worker.serialization import JobError, deserialize
+
+RETRIED_KEY_PREFIX = "etl:retried:"
+
+State = Literal["queued", "deferred", "in_progress", "complete", "failed", "not_found"]
+
+
+def _when(ms: Any) -> datetime | None:
+    return datetime.fromtimestamp(ms / 1000, tz=UTC) if isinstance(ms, int | float) else None
+
+
+def _error_of(value: Any) -> JobError:
+    if isinstance(value, JobError):
+        return value
+    # arq stores a plain text when a result could not be serialised.
+    return JobError("JobFailed", str(value))
+
+
+@dataclass(frozen=True)
+class JobState:
+    """One job as Redis knows it."""
+
+    job_id: str
+    state: State
+    function: str | None = None
+    args: list[Any] = field(default_factory=list)
+    kwargs: dict[str, Any] = field(default_factory=dict)
+    tries: int = 0
+    """Runs started so far (0 while a job waits for its first run)."""
+    queue_name: str | None = None
+    enqueued_at: datetime | None = None
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+    runs_at: datetime | None = None
+    """For a queued or deferred job: when it becomes runnable."""
+    progress: dict[str, Any] | None = None
+    result: Any = None
+    error: JobError | None = None
+    retried_as: str | None = None
+
+    @property
+    def finished(self) -> bool:
+        return self.state in ("complete", "failed")
+
+    def as_json(self, *, with_arguments: bool = True) -> dict[str, Any]:
+        out: dict[str, Any] = {"job_id": self.job_id, "state": self.state}
+        if self.state == "not_found":
+            return out
+        out.update(function=self.function, tries=self.tries, queue=self.queue_name)
+        for name in ("enqueued_at", "started_at", "finished_at", "runs_at"):
+            value = getattr(self, name)
+            if value is not None:
+                out[name] = value.isoformat()
+        if with_arguments:
+            out.update(args=self.args, kwargs=self.kwargs)
+        if self.progress is not None:
+            out["progress"] = self.progress
+        if self.state == "complete":
+            out["result"] = self.result
+        if self.error is not None:
+            out["error"] = {"kind": self.error.kind, "message": self.error.message}
+        if self.retried_as is not None:
+            out["retried_as"] = self.retried_as
+        return out
+
+
+def _from_result(job_id: str, raw: bytes, *, retried_as: str | None) -> JobState:
+    record = deserialize(raw)
+    success = bool(record.get("s"))
+    return JobState(
+        job_id=job_id,
+        state="complete" if success else "failed",
+        function=record.get("f"),
+        args=list(record.get("a") or []),
+        kwargs=dict(record.get("k") or {}),
+        tries=int(record.get("t") or 1),
+        queue_name=record.get("q"),
+        enqueued_at=_when(record.get("et")),
+        started_at=_when(record.get("st")),
+        finished_at=_when(record.get("ft")),
+        result=record.get("r") if success else None,
+        error=None if success else _error_of(record.get("r")),
+        retried_as=retried_as,
+    )
+
+
+def _text(value: bytes | None) -> str | None:
+    return None if value is None else value.decode()
+
+
+async def read_state(redis: Redis, job_id: str, *, queue_name: str) -> JobState:
+    """The job's state in one round trip."""
+    async with redis.pipeline(transaction=False) as pipe:
+        pipe.get(result_key_prefix + job_id)
+        pipe.get(job_key_prefix + job_id)
+        pipe.exists(in_progress_key_prefix + job_id)
+        pipe.zscore(queue_name, job_id)
+        pipe.get(retry_key_prefix + job_id)
+        pipe.get(PROGRESS_KEY_PREFIX + job_id)
+        pipe.get(RETRIED_KEY_PREFIX + job_id)
+        result, job, in_progress, score, runs, progress, retried = await pipe.execute()
+    if result:
+        return _from_result(job_id, result, retried_as=_text(retried))
+    if not job and score is None:
+        return JobState(job_id=job_id, state="not_found")
+    record: dict[str, Any] = deserialize(job) if job else {}
+    runs_at = _when(score)
+    state: State
+    if in_progress:
+        state = "in_progress"
+    elif runs_at is not None and runs_at > datetime.now(UTC):
+        state = "deferred"
+    else:
+        state = "queued"
+    return JobState(
+        job_id=job_id,
+        state=state,
+        function=record.get("f"),
+        args=list(record.get("a") or []),
+        kwargs=dict(record.get("k") or {}),
+        tries=int(runs or 0),
+        queue_name=queue_name,
+        enqueued_at=_when(record.get("et")),
+        runs_at=None if state == "in_progress" else runs_at,
+        progress=deserialize(progress) if progress and state == "in_progress" else None,
+    )
+
+
+async def list_failed(
+    redis: Redis, *, queue_name: str, include_retried: bool = False, scan_count: int = 1000
+) -> list[JobState]:
+    """Failed jobs of this queue still kept in Redis, newest first."""
+    failed: list[JobState] = []
+    keys: list[bytes] = []
+
+    async def flush(batch: Sequence[bytes]) -> None:
+        ids = [key.decode().removeprefix(result_key_prefix) for key in batch]
+        async with redis.pipeline(transaction=False) as pipe:
+            pipe.mget(list(batch))
+            pipe.mget([RETRIED_KEY_PREFIX + job_id for job_id in ids])
+            records, markers = await pipe.execute()
+        for job_id, raw, marker in zip(ids, records, markers, strict=True):
+            if raw is None:  # expired between SCAN and MGET
+                continue
+            state = _from_result(job_id, raw, retried_as=_text(marker))
+            if state.queue_name != queue_name or state.state != "failed":
+                continue
+            if state.retried_as is not None and not include_retried:
+                continue
+            failed.append(state)
+
+    async for key in redis.scan_iter(match=result_key_prefix + "*", count=scan_count):
+        keys.append(key)
+        if len(keys) >= scan_count:
+            await flush(keys)
+            keys = []
+    if keys:
+        await flush(keys)
+    epoch = datetime.min.replace(tzinfo=UTC)
+    failed.sort(key=lambda s: s.finished_at or epoch, reverse=True)
+    return failed
