@@ -1,0 +1,140 @@
+"""Export: `export_dataset` (CSV and JSONL, plain and gzipped) against psql's \\copy to a file,
+and the export process's peak RSS at N and 5xN rows.
+
+Each export job runs in a fresh Python process (bench.export_run) so that its peak RSS is the
+export's own and not the benchmark's; the time is taken inside that process, around the job.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+from pathlib import Path
+
+from bench.context import BenchContext
+from bench.data import insert_customers
+from bench.harness import BenchError, Measured, Row, compare, say
+from bench.pgclient import timed_shell
+from jobs.registry import get_dataset
+
+# The job's gzip level, when it states one; the baseline's gzip is run at the same level.
+try:
+    from jobs.exports import GZIP_LEVEL  # type: ignore[attr-defined]
+except ImportError:
+    GZIP_LEVEL = 6
+
+RSS_CEILING_MB = 150.0
+RSS_GROWTH_CEILING = 1.2
+FORMATS = (("csv", False, 0.8), ("csv", True, 0.8), ("jsonl", False, 0.25), ("jsonl", True, 0.25))
+
+
+async def run_export(bench: BenchContext, *, fmt: str, compress: bool, rows: int) -> Measured:
+    argv = [sys.executable, "-m", "bench.export_run", "--database-url", bench.url,
+            "--export-dir", str(bench.settings.export_dir),
+            "--log-file", str(bench.workdir / "export.log"), "--format", fmt]  # fmt: skip
+    if compress:
+        argv.append("--compress")
+    proc = await asyncio.create_subprocess_exec(
+        *argv, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
+    )
+    out, err = await proc.communicate()
+    try:
+        report = json.loads(out.decode().strip().splitlines()[-1])
+    except (ValueError, IndexError):
+        detail = " ".join(err.decode(errors="replace").split())[-300:]
+        raise BenchError(f"the export process exited with {proc.returncode}: {detail}") from None
+    if "error" in report:
+        raise BenchError(str(report["error"]))
+    await asyncio.to_thread(Path(report["path"]).unlink, missing_ok=True)
+    if report["rows"] != rows:
+        raise BenchError(f"export_dataset wrote {report['rows']} rows, expected {rows}")
+    return Measured(seconds=report["seconds"], rows=rows, peak_rss_mb=report["peak_rss_mb"])
+
+
+async def psql_export(bench: BenchContext, *, compress: bool, rows: int) -> Measured:
+    columns = ", ".join(get_dataset("customers").export_columns)
+    target = "stdout" if compress else f"'{bench.workdir / 'psql-export.csv'}'"
+    copy = f"\\copy (select {columns} from customers) to {target} with (format csv, header)"
+    pipeline = [bench.client.psql_command("-c", copy)]
+    output = None
+    if compress:
+        pipeline.append(["gzip", f"-{GZIP_LEVEL}"])
+        output = bench.workdir / "psql-export.csv.gz"
+    try:
+        return await timed_shell(bench.client, pipeline=pipeline, rows=rows, output=output)
+    finally:
+        for name in ("psql-export.csv", "psql-export.csv.gz"):
+            (bench.workdir / name).unlink(missing_ok=True)
+
+
+def _label(fmt: str, compress: bool) -> str:
+    return fmt + (f" gzip -{GZIP_LEVEL}" if compress else "")
+
+
+async def _formats(bench: BenchContext, *, rows: int, rounds: int, size: str) -> list[Row]:
+    out: list[Row] = []
+    for fmt, compress, target in FORMATS:
+        if size != "N" and compress:
+            continue  # the larger size is there for memory; plain files show it
+
+        async def job(fmt: str = fmt, compress: bool = compress) -> Measured:
+            return await run_export(bench, fmt=fmt, compress=compress, rows=rows)
+
+        async def baseline(compress: bool = compress) -> Measured:
+            return await psql_export(bench, compress=compress, rows=rows)
+
+        out.append(
+            await compare(
+                scenario=f"export {_label(fmt, compress)}, {size} rows",
+                rows=rows,
+                rounds=rounds,
+                subject=job,
+                baseline_name=f"psql \\copy csv{f' | gzip -{GZIP_LEVEL}' if compress else ''}",
+                baseline=baseline,
+                target=target,
+            )
+        )
+    return out
+
+
+def _growth(fmt: str, small: Row, large: Row, n: int) -> Row:
+    row = Row(
+        scenario=f"export {fmt} peak RSS, 5xN vs N rows",
+        rows=5 * n,
+        baseline=f"peak RSS at N = {n:,} rows",
+        target=RSS_GROWTH_CEILING,
+        target_is_ceiling=True,
+        peak_rss_mb=large.peak_rss_mb,
+    )
+    if small.peak_rss_mb is None or large.peak_rss_mb is None:
+        row.note = "error: no peak RSS measured (the export failed)"
+        return row
+    row.ratio = large.peak_rss_mb / small.peak_rss_mb
+    worst = max(small.peak_rss_mb, large.peak_rss_mb)
+    verdict = "met" if worst < RSS_CEILING_MB else "MISSED"
+    row.note = (
+        f"ratio is peak RSS at 5xN over N ({large.peak_rss_mb:.1f} / {small.peak_rss_mb:.1f} MB), "
+        f"a ceiling; peak RSS under {RSS_CEILING_MB:.0f} MB: {verdict}"
+    )
+    return row
+
+
+async def scenarios(bench: BenchContext) -> list[Row]:
+    n = bench.rows
+    say(f"export: filling customers with {n:,} rows")
+    await bench.reset(insert_customers(first=1, count=n))
+    at_n = await _formats(bench, rows=n, rounds=bench.rounds, size="N")
+    say(f"export: filling customers with {5 * n:,} rows")
+    await bench.reset(insert_customers(first=1, count=5 * n))
+    # One round: these runs are there for memory, and at 5xN they are long.
+    at_5n = await _formats(bench, rows=5 * n, rounds=1, size="5xN")
+    await bench.reset()
+    growth = [
+        _growth(fmt, small, large, n)
+        for fmt in ("csv", "jsonl")
+        for small in at_n
+        for large in at_5n
+        if small.scenario == f"export {fmt}, N rows" and large.scenario == f"export {fmt}, 5xN rows"
+    ]
+    return at_n + at_5n + growth

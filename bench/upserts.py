@@ -1,0 +1,133 @@
+"""Upsert: `import_file` (mode=upsert) and `upsert_rows` against psql's staged upsert, and
+`upsert_rows` against a plain SQLAlchemy executemany of the same statement.
+
+Every run starts from a table holding every other key of the file (with older values), so half the
+rows are inserts and half are real updates.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import func
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+
+from bench.context import BenchContext
+from bench.data import CUSTOMER_COLUMNS, insert_customers, read_csv_rows, write_customers_csv
+from bench.harness import BenchError, Measured, Row, compare, say, stopwatch
+from bench.imports import run_import
+from bench.pgclient import timed_psql
+from jobs.models import MAX_UPSERT_ROWS, UpsertResult
+from jobs.tables import customers
+from jobs.upserts import upsert_rows
+
+FILE_NAME = "customers.csv"
+
+
+def staged_upsert_script(path: Path) -> str:
+    """What a careful person does with psql alone: COPY into a temp table, one INSERT … SELECT."""
+    columns = ", ".join(CUSTOMER_COLUMNS)
+    updates = ", ".join(f"{c} = excluded.{c}" for c in CUSTOMER_COLUMNS if c != "external_id")
+    return f"""\\set ON_ERROR_STOP on
+begin;
+create temp table stage on commit drop as select {columns} from customers with no data;
+\\copy stage from '{path}' with (format csv, header)
+insert into customers ({columns})
+select {columns} from stage
+on conflict (external_id) do update set {updates}, updated_at = now();
+commit;
+"""
+
+
+def executemany_statement() -> Any:
+    """The upsert as SQLAlchemy writes it: insert().on_conflict_do_update() on the natural key."""
+    stmt = pg_insert(customers)
+    updates: dict[str, Any] = {c: stmt.excluded[c] for c in CUSTOMER_COLUMNS if c != "external_id"}
+    updates["updated_at"] = func.now()
+    return stmt.on_conflict_do_update(index_elements=[customers.c.external_id], set_=updates)
+
+
+def chunks(rows: list[dict[str, Any]], size: int) -> list[list[dict[str, Any]]]:
+    return [rows[start : start + size] for start in range(0, len(rows), size)]
+
+
+async def scenarios(bench: BenchContext) -> list[Row]:
+    n = bench.rows
+    present = n // 2
+    path = bench.settings.import_dir / FILE_NAME
+    if not path.exists():
+        say(f"upsert: writing {n:,} customers to {path}")
+        await write_customers_csv(bench.client, path, first=1, count=n)
+    script = bench.workdir / "staged_upsert.sql"
+    script.write_text(staged_upsert_script(path))
+    payload_rows = read_csv_rows(path)
+    typed_rows = [
+        {**row, "created_at": datetime.fromisoformat(row["created_at"])} for row in payload_rows
+    ]
+
+    async def half_present() -> None:
+        await bench.reset(insert_customers(first=2, count=present, step=2, variant="old"))
+
+    async def staged() -> Measured:
+        return await timed_psql(bench.client, script=script, rows=n)
+
+    async def import_upsert() -> Measured:
+        return await run_import(bench, mode="upsert", rows=n, inserted=n - present, updated=present)
+
+    async def jobs() -> Measured:
+        inserted = updated = 0
+        with stopwatch() as elapsed:
+            for chunk in chunks(payload_rows, MAX_UPSERT_ROWS):
+                raw = await upsert_rows.run(bench.job_ctx(), dataset="customers", rows=chunk)
+                result = UpsertResult.model_validate(raw)
+                if result.rejected:
+                    raise BenchError(f"upsert_rows rejected {result.rejected} rows")
+                inserted += result.inserted
+                updated += result.updated
+        if (inserted, updated) != (n - present, present):
+            raise BenchError(
+                f"upsert_rows inserted/updated {(inserted, updated)}, "
+                f"expected {(n - present, present)}"
+            )
+        return Measured(seconds=elapsed[0], rows=n)
+
+    statement = executemany_statement()
+
+    async def executemany() -> Measured:
+        with stopwatch() as elapsed:
+            for chunk in chunks(typed_rows, MAX_UPSERT_ROWS):
+                async with bench.app.engine.begin() as conn:
+                    await conn.execute(statement, chunk)
+        if await bench.count("customers") != n:
+            raise BenchError("executemany left a different number of customers than expected")
+        return Measured(seconds=elapsed[0], rows=n)
+
+    common: dict[str, Any] = {"rows": n, "rounds": bench.rounds, "prepare": half_present}
+    return [
+        await compare(
+            scenario="import mode=upsert, half the keys present",
+            subject=import_upsert,
+            baseline_name="psql staged upsert",
+            baseline=staged,
+            target=1.0,
+            **common,
+        ),
+        await compare(
+            scenario=f"upsert_rows, {MAX_UPSERT_ROWS:,}-row jobs, half present",
+            subject=jobs,
+            baseline_name="psql staged upsert",
+            baseline=staged,
+            target=None,
+            **common,
+        ),
+        await compare(
+            scenario=f"upsert_rows, {MAX_UPSERT_ROWS:,}-row jobs, vs executemany",
+            subject=jobs,
+            baseline_name="SQLAlchemy executemany",
+            baseline=executemany,
+            target=2.0,
+            **common,
+        ),
+    ]
