@@ -4,27 +4,25 @@ one job at a time against a batch.
 Both workers run in burst mode on the same Redis, each on a fresh queue, with the same max_jobs,
 poll delay and result lifetime. The service's worker keeps its hooks, JSON serializer and
 structlog pipeline; its lines go to the benchmark's log file, so terminal output is not measured.
+Enqueueing goes through the service's client (worker.client), as apps do; its batch is one
+script call per few hundred jobs.
 """
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from arq import create_pool
-from arq.connections import ArqRedis
 from arq.worker import Worker, func
 
 from bench.context import BenchContext
 from bench.enqueue import enqueue_batch, forget
-from bench.harness import BenchError, Measured, Row, compare, stopwatch
+from bench.harness import BenchError, Measured, Row, Run, compare, stopwatch
 from bench.workers import KEEP_RESULT_S, POLL_DELAY_S, project_worker, run_burst
 from jobs.ping import PingPayload, ping
+from worker.client import EtlClient, JobRequest
 from worker.redis import connect, redis_settings
-
-try:  # the service's client, when this checkout has it: its batch enqueue is what apps use
-    from worker.client import EtlClient, JobRequest
-except ImportError:  # pragma: no cover
-    EtlClient = None  # type: ignore[assignment,misc]
 
 
 async def _noop(ctx: dict[str, Any], **kwargs: Any) -> None:
@@ -74,7 +72,7 @@ async def scenarios(bench: BenchContext) -> list[Row]:
         )
         return Measured(seconds=await run_burst(worker, jobs=count), rows=count)
 
-    one, many, one_name, many_name = _enqueuers(bench, count)
+    one, many = _enqueuers(bench, count)
     return [
         await compare(
             scenario=f"ping jobs (touch_db=False), project worker max_jobs={max_jobs}",
@@ -86,27 +84,29 @@ async def scenarios(bench: BenchContext) -> list[Row]:
             target=0.9,
         ),
         await compare(
-            scenario=f"enqueue ping jobs, {many_name}",
+            scenario="enqueue ping jobs, EtlClient.enqueue_many",
             rows=count,
             rounds=bench.rounds,
             subject=many,
-            baseline_name=one_name,
+            baseline_name="EtlClient.ping, one at a time",
             baseline=one,
             target=5.0,
         ),
     ]
 
 
-def _enqueuers(bench: BenchContext, count: int) -> tuple[Any, Any, str, str]:
-    """(one at a time, batch, their names): the service's client when present, else arq's
-    `enqueue_job` against the benchmark's own Redis pipeline."""
+def _enqueuers(bench: BenchContext, count: int) -> tuple[Run, Run]:
+    """(one at a time, batch) through the service's client, as apps enqueue."""
 
-    async def measure(write: Any) -> Measured:
+    async def measure(write: Callable[[EtlClient], Awaitable[list[str]]]) -> Measured:
         queue = bench.queue_name()
         pool = await connect(bench.settings)
         try:
+            client = EtlClient.from_redis(
+                pool, bench.settings.model_copy(update={"queue_name": queue})
+            )
             with stopwatch() as elapsed:
-                ids = await write(pool, queue)
+                ids = await write(client)
             queued = await pool.zcard(queue)
             await forget(pool, queue_name=queue, job_ids=ids)
         finally:
@@ -115,47 +115,17 @@ def _enqueuers(bench: BenchContext, count: int) -> tuple[Any, Any, str, str]:
             raise BenchError(f"{queued} jobs on the queue after enqueueing {count}")
         return Measured(seconds=elapsed[0], rows=count)
 
-    if EtlClient is not None:
+    async def one_by_one(client: EtlClient) -> list[str]:
+        return [(await client.ping({"touch_db": False})).job_id for _ in range(count)]
 
-        async def client_one(pool: ArqRedis, queue: str) -> list[str]:
-            client = EtlClient.from_redis(
-                pool, bench.settings.model_copy(update={"queue_name": queue})
-            )
-            return [(await client.enqueue(ping, {"touch_db": False})).job_id for _ in range(count)]
+    async def batch(client: EtlClient) -> list[str]:
+        requests = [JobRequest(PingPayload(touch_db=False)) for _ in range(count)]
+        return [handle.job_id for handle in await client.enqueue_many(requests)]
 
-        async def client_many(pool: ArqRedis, queue: str) -> list[str]:
-            client = EtlClient.from_redis(
-                pool, bench.settings.model_copy(update={"queue_name": queue})
-            )
-            requests = [JobRequest(PingPayload(touch_db=False)) for _ in range(count)]
-            return [handle.job_id for handle in await client.enqueue_many(requests)]
+    async def one() -> Measured:
+        return await measure(one_by_one)
 
-        async def one() -> Measured:
-            return await measure(client_one)
+    async def many() -> Measured:
+        return await measure(batch)
 
-        async def many() -> Measured:
-            return await measure(client_many)
-
-        return one, many, "EtlClient.enqueue, one at a time", "EtlClient.enqueue_many"
-
-    async def arq_one(pool: ArqRedis, queue: str) -> list[str]:
-        ids = []
-        for _ in range(count):
-            job = await pool.enqueue_job(ping.name, touch_db=False, _queue_name=queue)
-            assert job is not None
-            ids.append(job.job_id)
-        return ids
-
-    async def pipeline(pool: ArqRedis, queue: str) -> list[str]:
-        return await enqueue_batch(
-            pool, function=ping.name, kwargs=({"touch_db": False} for _ in range(count)),
-            queue_name=queue,
-        )  # fmt: skip
-
-    async def arq_single() -> Measured:
-        return await measure(arq_one)
-
-    async def arq_pipeline() -> Measured:
-        return await measure(pipeline)
-
-    return arq_single, arq_pipeline, "arq enqueue_job, one at a time", "one Redis pipeline"
+    return one, many
