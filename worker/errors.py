@@ -7,6 +7,7 @@ what to do, and never carry a password.
 from __future__ import annotations
 
 import asyncio
+import errno
 import socket
 from typing import Any
 
@@ -54,6 +55,10 @@ class TooManyRejects(PermanentError):
     """Too many rows were rejected; nothing was loaded."""
 
 
+class JobTimeout(PermanentError):
+    """The job did not finish within its time limit; it is not retried."""
+
+
 class TransientError(EtlError):
     """A server was unavailable; the job will be tried again."""
 
@@ -72,6 +77,66 @@ def sqlstate_of(exc: BaseException) -> str | None:
     return None
 
 
+# OS errors met while connecting: refused, reset, unreachable, or a unix socket that is not there
+# (PostgreSQL removes its socket file while it restarts).
+_CONNECT_ERRNOS = frozenset(
+    {
+        errno.ECONNREFUSED,
+        errno.ECONNRESET,
+        errno.ECONNABORTED,
+        errno.EPIPE,
+        errno.ETIMEDOUT,
+        errno.EHOSTUNREACH,
+        errno.ENETUNREACH,
+        errno.ENOENT,
+    }
+)
+
+
+def _cause_chain(exc: BaseException) -> list[BaseException]:
+    chain = [exc]
+    while chain[-1].__cause__ is not None and len(chain) < 10:
+        chain.append(chain[-1].__cause__)
+    return chain
+
+
+def _is_lost_connection(exc: BaseException) -> bool:
+    # Imported here so this module stays importable without the drivers.
+    import asyncpg
+    import redis.exceptions
+    from sqlalchemy import exc as sa_exc
+
+    if isinstance(exc, sa_exc.DBAPIError):
+        return bool(exc.connection_invalidated)
+    if isinstance(exc, redis.exceptions.AuthenticationError | redis.exceptions.AuthorizationError):
+        return False  # redis-py files these under ConnectionError; a wrong password stays wrong
+    if isinstance(
+        exc,
+        ConnectionError
+        | TimeoutError
+        | asyncio.TimeoutError
+        | socket.gaierror
+        | asyncpg.exceptions.PostgresConnectionError
+        | redis.exceptions.ConnectionError
+        | redis.exceptions.TimeoutError
+        # The pool had no connection to give within its timeout: load, not a bad job.
+        | sa_exc.TimeoutError
+        | sa_exc.DisconnectionError,
+    ):
+        return True
+    if isinstance(exc, asyncpg.exceptions.InterfaceError):
+        # Most InterfaceErrors are bugs or bad data (DataError); a closed connection is not. This
+        # is the test SQLAlchemy's own asyncpg dialect uses, needed here for raw asyncpg (COPY).
+        return "connection is closed" in str(exc)
+    # A file that is not there is the job's input problem (InputFileError); a socket connect
+    # failure carries no file name.
+    return (
+        isinstance(exc, OSError)
+        and exc.errno in _CONNECT_ERRNOS
+        and getattr(exc, "filename", None) is None
+    )
+
+
 def is_transient(exc: BaseException) -> bool:
     """True for failures that another try may not meet: lost servers, deadlocks, overload."""
     if isinstance(exc, TransientError):
@@ -81,29 +146,22 @@ def is_transient(exc: BaseException) -> bool:
     code = sqlstate_of(exc)
     if code is not None:
         return code in TRANSIENT_SQLSTATES
-    # Imported here so this module stays importable without the drivers.
-    import asyncpg
-    import redis.exceptions
+    return any(_is_lost_connection(e) for e in _cause_chain(exc))
+
+
+def describe(exc: BaseException) -> str:
+    """One line saying what went wrong, for logs and for the error kept in Redis.
+
+    SQLAlchemy's text of a driver error carries the SQL statement and its parameters (row data) over
+    several lines; the driver's own error says the same in one line without them.
+    """
     from sqlalchemy import exc as sa_exc
 
-    if isinstance(exc, sa_exc.DBAPIError) and exc.connection_invalidated:
-        return True
-    chain: list[BaseException] = [exc]
-    while chain[-1].__cause__ is not None and len(chain) < 10:
-        chain.append(chain[-1].__cause__)
-    return any(
-        isinstance(
-            e,
-            ConnectionError
-            | TimeoutError
-            | asyncio.TimeoutError
-            | socket.gaierror
-            | asyncpg.exceptions.PostgresConnectionError
-            | asyncpg.exceptions.CannotConnectNowError
-            | asyncpg.exceptions.TooManyConnectionsError
-            | asyncpg.exceptions.InterfaceError
-            | redis.exceptions.ConnectionError
-            | redis.exceptions.TimeoutError,
-        )
-        for e in chain
-    )
+    if isinstance(exc, EtlError):
+        return exc.message
+    shown = exc
+    if isinstance(exc, sa_exc.DBAPIError):
+        shown = _cause_chain(exc)[-1] if exc.__cause__ is not None else (exc.orig or exc)
+    text = str(shown).strip().splitlines()
+    first = text[0] if text else ""
+    return f"{type(shown).__name__}: {first}"[:500] if first else type(shown).__name__

@@ -40,6 +40,9 @@ JOBS: tuple[JobSpec[Any, Any], ...] = (
     ping,
 )
 HEALTH_CHECK_INTERVAL_S = 10
+# The runner enforces each job's own time limit and reports an overrun by name (JobTimeout); arq's
+# timeout, this much later, is only the backstop.
+ARQ_TIMEOUT_MARGIN_S = 5.0
 
 
 async def startup(ctx: dict[str, Any]) -> None:
@@ -81,7 +84,7 @@ def functions(settings: Settings) -> list[Function]:
         func(
             job.run,
             name=job.name,
-            timeout=job.timeout_s,
+            timeout=job.timeout_s + ARQ_TIMEOUT_MARGIN_S,
             max_tries=settings.max_tries,
         )
         for job in JOBS
@@ -99,7 +102,7 @@ def cron_jobs(settings: Settings) -> list[CronJob]:
             second={at.second},
             # One run per tick across all workers: arq gives the tick's job a fixed id.
             unique=True,
-            timeout=nightly_export.timeout_s,
+            timeout=nightly_export.timeout_s + ARQ_TIMEOUT_MARGIN_S,
             max_tries=settings.max_tries,
         )
     ]
@@ -112,12 +115,15 @@ def build_worker_settings(
     worker: dict[str, Any] = {
         "functions": functions(settings),
         "cron_jobs": cron_jobs(settings),
-        "redis_settings": redis or redis_settings(settings),
+        "redis_settings": redis or redis_settings(settings, ride_out_restarts=True),
         "queue_name": settings.queue_name,
         "max_jobs": settings.max_jobs,
         "max_tries": settings.max_tries,
         "keep_result": settings.keep_result_s,
         "health_check_interval": HEALTH_CHECK_INTERVAL_S,
+        # On SIGTERM/SIGINT arq stops taking jobs, waits this long for running ones, then cancels
+        # them; a cancelled job's transaction rolls back and arq (retry_jobs) queues it again.
+        "job_completion_wait": settings.shutdown_grace_s,
         "job_serializer": serialize,
         "job_deserializer": deserialize,
         "on_startup": startup,

@@ -5,6 +5,10 @@ from __future__ import annotations
 from typing import Any
 
 from arq.connections import ArqRedis, RedisSettings, create_pool
+from redis.asyncio.retry import Retry
+from redis.backoff import EqualJitterBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from worker.serialization import deserialize, serialize
 from worker.settings import Settings, redact_url
@@ -16,12 +20,31 @@ class SafeRedisSettings(RedisSettings):
         return "RedisSettings({})".format(", ".join(f"{k}={v!r}" for k, v in shown.items()))
 
 
-def redis_settings(settings: Settings) -> RedisSettings:
+def _restart_retry() -> Retry:
+    """Reconnect with backoff for 15-20 s: 10 more tries, 0.4 s doubling to 3 s, half jittered."""
+    return Retry(EqualJitterBackoff(cap=3.0, base=0.2), 10)
+
+
+def redis_settings(settings: Settings, *, ride_out_restarts: bool = False) -> RedisSettings:
+    """arq's connection settings for REDIS_URL.
+
+    `ride_out_restarts` is for the worker: without it, arq's polling loop ends (and the worker with
+    it) at the first command Redis does not answer. With it, redis-py reconnects and repeats the
+    command for 15-20 s, enough for a restart or a failover; a longer outage still ends the
+    worker, for its supervisor to restart. Clients (the CLI, apps) keep failing fast instead.
+    OSError is listed because a refused or missing socket surfaces as one while connecting, before
+    redis-py wraps it, and only listed errors are retried there.
+    """
     if settings.redis_url is None:
         raise RuntimeError("no Redis URL: call worker.embedded.resolve() first")
     base = RedisSettings.from_dsn(settings.redis_url)
     fields: dict[str, Any] = dict(base.__dict__)
     fields["conn_retries"] = 3
+    if ride_out_restarts:
+        # The retry below covers start-up too; arq's own start-up retries would multiply it.
+        fields["conn_retries"] = 0
+        fields["retry"] = _restart_retry()
+        fields["retry_on_error"] = [RedisConnectionError, RedisTimeoutError, OSError]
     return SafeRedisSettings(**fields)
 
 

@@ -10,7 +10,7 @@ import asyncio
 import contextlib
 import random
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
@@ -20,7 +20,14 @@ from arq.constants import in_progress_key_prefix
 from pydantic import BaseModel, ValidationError
 
 from worker.context import AppContext, app_context
-from worker.errors import EtlError, InvalidPayload, TransientError, is_transient
+from worker.errors import (
+    EtlError,
+    InvalidPayload,
+    JobTimeout,
+    TransientError,
+    describe,
+    is_transient,
+)
 
 log = structlog.get_logger("worker.job")
 
@@ -29,13 +36,22 @@ ResultT = TypeVar("ResultT", bound=BaseModel)
 
 PROGRESS_KEY_PREFIX = "etl:progress:"
 _PROGRESS_EVERY_S = 2.0
+# Publishing progress must not hold the job up while Redis is away (its client retries for a while).
+_PROGRESS_PUBLISH_TIMEOUT_S = 1.0
+# Past this many doublings the delay is at its cap anyway; the bound keeps 2**n a small float.
+_MAX_DOUBLINGS = 62
 
 
 def backoff_delay(
     job_try: int, *, base_s: float, cap_s: float, rand: Callable[[], float] = random.random
 ) -> float:
-    """Seconds before try `job_try + 1`: exponential from `base_s`, capped, with equal jitter."""
-    ceiling = min(cap_s, base_s * 2 ** max(job_try - 1, 0))
+    """Seconds before try `job_try + 1`: exponential from `base_s`, capped, with equal jitter.
+
+    Try 1 failed: between base/2 and base; try 2: base..2*base; ... never more than `cap_s`. Half
+    the delay is random so that jobs failed by one outage do not all come back at the same moment.
+    """
+    doublings = min(max(job_try - 1, 0), _MAX_DOUBLINGS)
+    ceiling = min(cap_s, base_s * 2.0**doublings)
     return float(ceiling / 2 + ceiling / 2 * rand())
 
 
@@ -83,9 +99,10 @@ class JobRun:
             from worker.serialization import serialize
 
             with contextlib.suppress(Exception):  # progress is best effort; the job goes on
-                await self.redis.set(
-                    PROGRESS_KEY_PREFIX + self.job_id, serialize(self.counters), ex=3600
-                )
+                async with asyncio.timeout(_PROGRESS_PUBLISH_TIMEOUT_S):
+                    await self.redis.set(
+                        PROGRESS_KEY_PREFIX + self.job_id, serialize(self.counters), ex=3600
+                    )
 
 
 @dataclass(frozen=True)
@@ -114,13 +131,15 @@ def etl_job(
     return wrap
 
 
-@contextlib.contextmanager
-def _heartbeat(ctx: dict[str, Any], job_id: str, ttl_s: int) -> Iterator[None]:
+@contextlib.asynccontextmanager
+async def _heartbeat(ctx: dict[str, Any], job_id: str, ttl_s: int) -> AsyncIterator[None]:
     """Keep arq's in-progress key short-lived while the job runs.
 
     arq sets the key for the longest job timeout + 10 s, so a job whose worker was killed would wait
     that long (an hour, for imports) before any worker ran it again. Shortening the key to `ttl_s`
-    and extending it while the job is alive bounds that wait whatever the job's timeout.
+    before the job starts, and extending it every third of that while the job is alive, bounds the
+    wait whatever the job's timeout. PEXPIRE never creates the key: once arq has deleted it (job
+    finished) or Redis lost it, a late beat changes nothing.
     """
     redis = ctx.get("redis")
     if redis is None or not job_id:
@@ -128,19 +147,27 @@ def _heartbeat(ctx: dict[str, Any], job_id: str, ttl_s: int) -> Iterator[None]:
         return
     key = in_progress_key_prefix + job_id
 
+    async def extend() -> None:
+        try:
+            await redis.pexpire(key, ttl_s * 1000)
+        except Exception as exc:  # Redis away for a moment: the job itself goes on
+            log.warning("job.heartbeat_failed", error=describe(exc))
+
     async def beat() -> None:
         while True:
-            try:
-                await redis.pexpire(key, ttl_s * 1000)
-            except Exception as exc:  # Redis away for a moment: the job itself goes on
-                log.warning("job.heartbeat_failed", error=type(exc).__name__)
             await asyncio.sleep(ttl_s / 3)
+            await extend()
 
+    # The first beat is awaited: from here on a killed worker holds the job for ttl_s at most.
+    await extend()
     task = asyncio.create_task(beat())
     try:
         yield
     finally:
         task.cancel()
+        # Wait for it, so no beat is still on its way once arq records the job's end. (wait()
+        # does not raise the beat's CancelledError, but does let a cancellation of ours through.)
+        await asyncio.wait({task})
 
 
 def _counters(result: BaseModel) -> dict[str, Any]:
@@ -150,6 +177,25 @@ def _counters(result: BaseModel) -> dict[str, Any]:
         if isinstance(value, bool | int | float) or (isinstance(value, str) and len(value) < 200):
             out[key] = value
     return out
+
+
+async def _within_timeout(spec: JobSpec[Any, ResultT], run: JobRun, payload: BaseModel) -> ResultT:
+    """Run the job under its own time limit, so an overrun is reported as such.
+
+    arq's own timeout (set a little longer in worker.main) would cancel the job and record a bare
+    TimeoutError with no text; this one names the job and the limit, and is never retried.
+    """
+    deadline = asyncio.timeout(spec.timeout_s)
+    try:
+        async with deadline:
+            return await spec.impl(run, payload)
+    except TimeoutError:
+        if deadline.expired():
+            raise JobTimeout(
+                f"{spec.name} did not finish within its {spec.timeout_s:g} s time limit "
+                "and was stopped; it is not retried"
+            ) from None
+        raise
 
 
 async def run_job(
@@ -163,13 +209,13 @@ async def run_job(
     started = time.perf_counter()
     status = "failed"
     fields: dict[str, Any] = {}
-    with (
-        structlog.contextvars.bound_contextvars(function=spec.name, job_id=job_id, job_try=job_try),
-        _heartbeat(ctx, job_id, settings.requeue_after_s),
+    with structlog.contextvars.bound_contextvars(
+        function=spec.name, job_id=job_id, job_try=job_try
     ):
         try:
             payload = validate_payload(spec.payload, args, kwargs)
-            result = await spec.impl(run, payload)
+            async with _heartbeat(ctx, job_id, settings.requeue_after_s):
+                result = await _within_timeout(spec, run, payload)
             status = "complete"
             fields = _counters(result)
             dumped: dict[str, Any] = result.model_dump(mode="json")
@@ -178,15 +224,19 @@ async def run_job(
             status = "cancelled"
             raise
         except Exception as exc:
-            fields = {"error": str(exc)[:500], "error_type": type(exc).__name__, **run.counters}
+            fields = {
+                "error": describe(exc),
+                "error_type": type(exc).__name__,
+                "max_tries": settings.max_tries,
+                **run.counters,
+            }
             if not is_transient(exc):
                 if not isinstance(exc, EtlError):
                     log.exception("job.crashed")
                 raise
             if job_try >= settings.max_tries:
-                raise TransientError(
-                    f"gave up after {job_try} tries: {type(exc).__name__}: {exc}"
-                ) from exc
+                fields["error"] = f"gave up after {job_try} tries: {describe(exc)}"
+                raise TransientError(fields["error"]) from exc
             status = "retrying"
             delay = backoff_delay(job_try, base_s=settings.retry_base_s, cap_s=settings.retry_cap_s)
             fields["retry_in_s"] = round(delay, 2)
