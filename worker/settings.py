@@ -7,6 +7,7 @@ from datetime import time
 from functools import lru_cache
 from pathlib import Path
 from typing import Literal
+from urllib.parse import parse_qs, urlsplit
 
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -23,6 +24,13 @@ def normalise_database_url(value: str) -> str:
         url = make_url(value.strip())
     except ArgumentError:
         raise ValueError("DATABASE_URL is not a URL (expected postgresql://user@host/db)") from None
+    except ValueError:
+        # A non-numeric port. Without `@host` the password is what lands there, so the parser's
+        # own message ("invalid literal for int(): '<password>'") must not be shown.
+        raise ValueError(
+            "DATABASE_URL has a port that is not a number "
+            "(expected postgresql://user:password@host:5432/db)"
+        ) from None
     if url.drivername not in _PG_SCHEMES:
         raise ValueError(
             f"DATABASE_URL scheme {url.drivername!r} is not supported (use postgresql://)"
@@ -42,6 +50,26 @@ def redact_url(value: str) -> str:
         return value
     user = userinfo.split(":", 1)[0]
     return f"{scheme}://{user}:***@{hostpart}"
+
+
+def check_redis_numbers(value: str) -> None:
+    """Fail here, in one clear line, on what arq's URL parser would fail on later.
+
+    Its messages quote the text it could not read; without `@host`, that text is the password.
+    """
+    parts = urlsplit(value)
+    db = parse_qs(parts.query).get("db", [""])[0]
+    if not db and parts.scheme != "unix":
+        db = parts.path.lstrip("/")
+    try:
+        parts.port  # noqa: B018 (parsing the port is the check)
+        if db:
+            int(db)
+    except ValueError:
+        raise ValueError(
+            "REDIS_URL has a port or database number that is not a number "
+            "(expected redis://:password@host:6379/0)"
+        ) from None
 
 
 class Settings(BaseSettings):
@@ -112,6 +140,7 @@ class Settings(BaseSettings):
         scheme = value.split("://", 1)[0] if "://" in value else ""
         if scheme not in _REDIS_SCHEMES:
             raise ValueError("REDIS_URL must start with redis://, rediss:// or unix://")
+        check_redis_numbers(value)
         return value
 
     @field_validator("import_dir", "export_dir", "state_dir")
