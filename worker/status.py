@@ -21,6 +21,7 @@ from arq.constants import (
 )
 from redis.asyncio import Redis
 
+from worker.errors import EtlError
 from worker.runner import PROGRESS_KEY_PREFIX
 from worker.serialization import JobError, deserialize
 
@@ -88,8 +89,23 @@ class JobState:
         return out
 
 
+class UnreadableRecord(EtlError):
+    """A Redis record that is not in this service's JSON job format."""
+
+
+def _record(raw: bytes, job_id: str) -> Any:
+    try:
+        return deserialize(raw)
+    except ValueError:  # JSON and UTF-8 errors both
+        raise UnreadableRecord(
+            f"job {job_id}: its Redis record is not in this service's JSON job format"
+        ) from None
+
+
 def _from_result(job_id: str, raw: bytes, *, retried_as: str | None) -> JobState:
-    record = deserialize(raw)
+    record = _record(raw, job_id)
+    if not isinstance(record, dict):
+        raise UnreadableRecord(f"job {job_id}: its Redis record is not a JSON object")
     success = bool(record.get("s"))
     return JobState(
         job_id=job_id,
@@ -106,6 +122,14 @@ def _from_result(job_id: str, raw: bytes, *, retried_as: str | None) -> JobState
         error=None if success else _error_of(record.get("r")),
         retried_as=retried_as,
     )
+
+
+def _progress(raw: bytes | None) -> dict[str, Any] | None:
+    try:
+        value = deserialize(raw) if raw else None
+    except ValueError:
+        return None  # progress is best effort
+    return value if isinstance(value, dict) else None
 
 
 def _text(value: bytes | None) -> str | None:
@@ -127,7 +151,9 @@ async def read_state(redis: Redis, job_id: str, *, queue_name: str) -> JobState:
         return _from_result(job_id, result, retried_as=_text(retried))
     if not job and score is None:
         return JobState(job_id=job_id, state="not_found")
-    record: dict[str, Any] = deserialize(job) if job else {}
+    record = _record(job, job_id) if job else {}
+    if not isinstance(record, dict):
+        raise UnreadableRecord(f"job {job_id}: its Redis record is not a JSON object")
     runs_at = _when(score)
     state: State
     if in_progress:
@@ -146,7 +172,7 @@ async def read_state(redis: Redis, job_id: str, *, queue_name: str) -> JobState:
         queue_name=queue_name,
         enqueued_at=_when(record.get("et")),
         runs_at=None if state == "in_progress" else runs_at,
-        progress=deserialize(progress) if progress and state == "in_progress" else None,
+        progress=_progress(progress) if state == "in_progress" else None,
     )
 
 
@@ -166,7 +192,11 @@ async def list_failed(
         for job_id, raw, marker in zip(ids, records, markers, strict=True):
             if raw is None:  # expired between SCAN and MGET
                 continue
-            state = _from_result(job_id, raw, retried_as=_text(marker))
+            try:
+                state = _from_result(job_id, raw, retried_as=_text(marker))
+            except UnreadableRecord:
+                continue  # another app's result (arq pickles by default) in a shared Redis
+
             if state.queue_name != queue_name or state.state != "failed":
                 continue
             if state.retried_as is not None and not include_retried:
