@@ -1,0 +1,292 @@
+"""`etl demo`: the service's main path end to end, on whatever servers the settings point at.
+
+Sample files go into the import dir; an in-process worker runs the jobs: an import of customers
+(a few rows deliberately bad), an import of their accounts, a batch of transfers (some rejected),
+an upsert, and an export. The summary says what each did.
+
+Run twice, it still works and changes nothing: the sample rows have fixed keys, so the second
+import finds them unchanged, and the transfers have fixed ids, so the second run reports them as
+`duplicate` instead of moving the money again (fresh ids would drain the accounts run after run
+and make every run's numbers different).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+import uuid
+from collections import Counter
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from arq.worker import Worker
+from pydantic import BaseModel
+from sqlalchemy import select
+
+from jobs.models import (
+    ExportPayload,
+    ExportResult,
+    ImportFilePayload,
+    ImportResult,
+    TransferItem,
+    TransferPayload,
+    TransferResult,
+    UpsertResult,
+    UpsertRowsPayload,
+)
+from jobs.tables import import_rejects
+from worker.client import EtlClient, JobHandle
+from worker.db import create_engine
+from worker.main import build_worker_settings
+from worker.settings import Settings
+
+CUSTOMERS_FILE = "demo-customers.csv"
+ACCOUNTS_FILE = "demo-accounts.csv"
+CUSTOMERS = 300
+FIRST_ACCOUNT = 1001
+JOB_TIMEOUT_S = 120.0
+
+_TRANSFER_IDS = uuid.UUID("5d0c7a52-7f0e-4d5e-9c2b-8f1f1f3c0d11")
+_FIRST = ("Ada", "Alan", "Grace", "Edsger", "Barbara", "Donald", "Frances", "Ken", "Radia", "Tim")
+_LAST = ("Lovelace", "Turing", "Hopper", "Dijkstra", "Liskov", "Knuth", "Allen", "Thompson")
+_COUNTRIES = ("GB", "DE", "FR", "NL", "US", "JP", "BR", "IN")
+_EPOCH = datetime(2024, 1, 1, tzinfo=UTC)
+
+
+def _customer(n: int) -> list[str]:
+    first, last = _FIRST[n % len(_FIRST)], _LAST[n % len(_LAST)]
+    return [
+        f"demo-c{n:04d}",
+        f"{first.lower()}.{last.lower()}{n}@example.com",
+        f"{first} {last}",
+        _COUNTRIES[n % len(_COUNTRIES)],
+        (_EPOCH + timedelta(hours=n)).isoformat(),
+    ]
+
+
+# Each bad row breaks one rule; the import rejects it (with that reason) and loads the rest.
+_BAD_CUSTOMERS = [
+    ["demo-bad-1", "not-an-email", "Nobody", "GB", ""],
+    ["demo-bad-2", "ok@example.com", "Nobody", "Germany", ""],
+    ["demo-bad-3", "ok@example.com", "", "FR", ""],
+    ["", "ok@example.com", "No Key", "NL", ""],
+    ["demo-bad-5", "ok@example.com", "Nobody", "US", "yesterday"],
+]
+
+
+def customers_csv() -> str:
+    rows = [["external_id", "email", "full_name", "country", "created_at"]]
+    rows += [_customer(n) for n in range(1, CUSTOMERS + 1)]
+    # Spread the bad rows through the file, as they would be in real data.
+    for i, bad in enumerate(_BAD_CUSTOMERS):
+        rows.insert(7 + i * 60, bad)
+    return "".join(",".join(row) + "\n" for row in rows)
+
+
+def accounts_csv() -> str:
+    rows = [["id", "customer_external_id", "currency", "balance_cents"]]
+    for n in range(1, CUSTOMERS + 1):
+        balance = 5_000 + (n % 10) * 1_000
+        rows.append([str(FIRST_ACCOUNT + n - 1), f"demo-c{n:04d}", "EUR", str(balance)])
+    rows.append([str(FIRST_ACCOUNT + CUSTOMERS), "demo-c0001", "EUR", "-500"])  # rejected
+    return "".join(",".join(row) + "\n" for row in rows)
+
+
+def transfers() -> list[TransferItem]:
+    """30 that fit the balances, 6 far too large, 2 to an account that does not exist."""
+
+    def item(n: int, src: int, dst: int, amount: int) -> TransferItem:
+        return TransferItem(
+            id=uuid.uuid5(_TRANSFER_IDS, f"transfer-{n}"),
+            from_account=src,
+            to_account=dst,
+            amount_cents=amount,
+        )
+
+    items = [item(n, FIRST_ACCOUNT + n, FIRST_ACCOUNT + n + 1, 1_000 + n * 10) for n in range(30)]
+    items += [item(30 + n, FIRST_ACCOUNT + 100 + n, FIRST_ACCOUNT, 10_000_000) for n in range(6)]
+    items += [item(36 + n, FIRST_ACCOUNT + 200 + n, 999_999, 100) for n in range(2)]
+    return items
+
+
+def upsert_rows() -> list[dict[str, Any]]:
+    """Three customers change their email, two are new, one row is bad."""
+    rows: list[dict[str, Any]] = []
+    for n in (1, 2, 3):
+        external_id, _, full_name, country, created_at = _customer(n)
+        rows.append(
+            {
+                "external_id": external_id,
+                "email": f"new.address{n}@example.org",
+                "full_name": full_name,
+                "country": country,
+                "created_at": created_at,
+            }
+        )
+    for n in (CUSTOMERS + 1, CUSTOMERS + 2):
+        external_id, email, full_name, country, created_at = _customer(n)
+        rows.append(
+            {"external_id": external_id, "email": email, "full_name": full_name, "country": country}
+        )
+    rows.append({"external_id": "demo-bad-6", "email": "x@example.com", "full_name": "X"})
+    return rows
+
+
+def write_samples(import_dir: Path) -> None:
+    import_dir.mkdir(parents=True, exist_ok=True)
+    # Written whole and renamed, so a worker never reads half a file.
+    for name, text in ((CUSTOMERS_FILE, customers_csv()), (ACCOUNTS_FILE, accounts_csv())):
+        partial = import_dir / f".{name}.partial"
+        partial.write_text(text, encoding="utf-8")
+        partial.replace(import_dir / name)
+
+
+class DemoFailed(Exception):
+    """A step of the demo failed; the summary so far is in `summary`."""
+
+    def __init__(self, step: str, error: BaseException, summary: dict[str, Any]) -> None:
+        super().__init__(f"{step}: {error}")
+        self.summary = summary
+
+
+async def _import_rejects(settings: Settings, import_id: uuid.UUID) -> list[dict[str, Any]]:
+    engine = create_engine(settings)
+    try:
+        async with engine.connect() as conn:
+            rows = await conn.execute(
+                select(import_rejects.c.line_number, import_rejects.c.reason)
+                .where(import_rejects.c.import_id == import_id)
+                .order_by(import_rejects.c.line_number)
+            )
+            return [{"line": line, "reason": reason} for line, reason in rows]
+    finally:
+        await engine.dispose()
+
+
+def _start_worker(settings: Settings) -> tuple[Worker, asyncio.Task[None]]:
+    options = build_worker_settings(settings)
+    worker = Worker(**options, burst=False, poll_delay=0.05, handle_signals=False)
+    return worker, asyncio.create_task(worker.main())
+
+
+async def _stop_worker(worker: Worker, task: asyncio.Task[None]) -> None:
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+    with contextlib.suppress(asyncio.CancelledError):
+        await worker.close()
+
+
+async def scenario(settings: Settings, *, say: Callable[[str], None]) -> dict[str, Any]:
+    """Run the demo's jobs through a worker in this process; return the summary."""
+    started = time.monotonic()
+    write_samples(settings.import_dir)
+    summary: dict[str, Any] = {
+        "database": settings.database_url_safe(),
+        "redis": settings.redis_url_safe(),
+        "queue": settings.queue_name,
+        "import_dir": str(settings.import_dir),
+    }
+    worker, task = _start_worker(settings)
+    step = "start"
+
+    async def finish(handle: JobHandle[Any]) -> BaseModel:
+        result: BaseModel = await handle.result(timeout=JOB_TIMEOUT_S)
+        return result
+
+    try:
+        async with EtlClient(settings) as etl:
+            summary["imports"] = []
+            for dataset, name in (("customers", CUSTOMERS_FILE), ("accounts", ACCOUNTS_FILE)):
+                step = f"import {dataset}"
+                say(f"{step} from {name}")
+                job = await etl.import_file(ImportFilePayload(dataset=dataset, path=name))
+                imported = await finish(job)
+                assert isinstance(imported, ImportResult)
+                summary["imports"].append(
+                    {
+                        "file": name,
+                        **imported.model_dump(mode="json"),
+                        "rejects": await _import_rejects(settings, imported.import_id),
+                    }
+                )
+
+            step = "transfers and upsert"
+            say("transfers and an upsert, enqueued together in one batch")
+            moved, upserted = await etl.enqueue_many(
+                [
+                    TransferPayload(transfers=transfers()),
+                    UpsertRowsPayload(dataset="customers", rows=upsert_rows()),
+                ]
+            )
+            transferred = await finish(moved)
+            assert isinstance(transferred, TransferResult)
+            summary["transfers"] = {
+                "applied": transferred.applied,
+                "rejected": transferred.rejected,
+                "duplicate": transferred.duplicate,
+                "reasons": dict(
+                    Counter(o.reason or "" for o in transferred.results if o.status == "rejected")
+                ),
+            }
+            upsert = await finish(upserted)
+            assert isinstance(upsert, UpsertResult)
+            summary["upsert"] = upsert.model_dump(mode="json")
+
+            step = "export customers"
+            say(step)
+            export_job = await etl.export_dataset(
+                ExportPayload(dataset="customers", format="csv", compress=True)
+            )
+            exported = await finish(export_job)
+            assert isinstance(exported, ExportResult)
+            summary["export"] = exported.model_dump(mode="json")
+    except Exception as exc:
+        summary["failed_step"] = step
+        summary["error"] = str(exc)
+        raise DemoFailed(step, exc, summary) from exc
+    finally:
+        summary["elapsed_s"] = round(time.monotonic() - started, 1)
+        await _stop_worker(worker, task)
+    return summary
+
+
+def summary_lines(summary: dict[str, Any]) -> list[str]:
+    """The summary for a person to read."""
+    lines = [
+        f"PostgreSQL {summary['database']}",
+        f"Redis {summary['redis']}, queue {summary['queue']!r}",
+    ]
+    for imp in summary.get("imports", []):
+        lines.append(
+            f"import {imp['dataset']} ({imp['file']}): {imp['rows_read']} rows read, "
+            f"{imp['inserted']} inserted, {imp['updated']} updated, {imp['skipped']} unchanged, "
+            f"{imp['rejected']} rejected"
+        )
+        lines += [f"    line {r['line']}: {r['reason']}" for r in imp["rejects"]]
+    if "transfers" in summary:
+        t = summary["transfers"]
+        lines.append(
+            f"transfers: {t['applied']} applied, {t['rejected']} rejected, "
+            f"{t['duplicate']} duplicate (already applied by an earlier run)"
+        )
+        lines += [f"    rejected, {reason}: {count}" for reason, count in t["reasons"].items()]
+    if "upsert" in summary:
+        u = summary["upsert"]
+        lines.append(
+            f"upsert {u['dataset']}: {u['inserted']} inserted, {u['updated']} updated, "
+            f"{u['rejected']} rejected"
+        )
+        lines += [f"    row {r['index']}: {r['reason']}" for r in u["rejects"]]
+    if "export" in summary:
+        e = summary["export"]
+        lines.append(f"export {e['dataset']}: {e['rows']} rows, {e['bytes']} bytes -> {e['path']}")
+        lines.append(f"    sha256 {e['sha256']}")
+    if "error" in summary:
+        lines.append(f"FAILED at {summary['failed_step']}: {summary['error']}")
+    else:
+        lines.append(f"done in {summary['elapsed_s']} s")
+    return lines
