@@ -362,9 +362,11 @@ async def _enqueue(
 
 
 def _progress_line(state: JobState, elapsed: float) -> str:
-    counters = " ".join(f"{k}={v}" for k, v in (state.progress or {}).items())
-    tries = f" (try {state.tries})" if state.tries > 1 else ""
-    return f"{state.function} {state.job_id}: {state.state}{tries} {counters} [{elapsed:.0f} s]"
+    parts = [f"{state.function} {state.job_id}: {state.state.replace('_', ' ')}"]
+    if state.tries > 1:
+        parts.append(f"(try {state.tries})")
+    parts += [f"{k}={v}" for k, v in (state.progress or {}).items()]
+    return " ".join([*parts, f"[{elapsed:.0f} s]"])
 
 
 async def wait_for(handle: JobHandle[Any], *, give_up_s: float | None, as_json: bool) -> int:
