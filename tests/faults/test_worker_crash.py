@@ -1,0 +1,78 @@
+"""A worker killed with SIGKILL mid-job: the next worker runs the job again, once, all or none.
+
+arq would hold a dead worker's job for the longest job timeout + 10 s (over an hour here); the
+runner's heartbeat keeps that to ETL_REQUEUE_AFTER (5 s in these tests).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import asyncpg
+import pytest
+from arq.constants import in_progress_key_prefix
+
+from tests.faults.conftest import Rig
+from tests.faults.processes import wait_for_progress, wait_for_result
+
+pytestmark = [pytest.mark.faults, pytest.mark.timeout(120)]
+
+
+class CountWatcher:
+    """Counts rows from another connection, over and over, for as long as the test runs."""
+
+    def __init__(self, dsn: str, query: str) -> None:
+        self.dsn = dsn
+        self.query = query
+        self.seen: set[int] = set()
+        self.reads = 0
+        self._task: asyncio.Task[None] | None = None
+
+    async def __aenter__(self) -> CountWatcher:
+        self._task = asyncio.create_task(self._watch())
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self._task is not None
+        self._task.cancel()
+        await asyncio.wait({self._task})
+
+    async def _watch(self) -> None:
+        conn = await asyncpg.connect(self.dsn)
+        try:
+            while True:
+                self.seen.add(int(await conn.fetchval(self.query)))
+                self.reads += 1
+                await asyncio.sleep(0.01)
+        finally:
+            await conn.close()
+
+
+async def test_killed_mid_load_the_job_runs_again_once_and_readers_never_see_part_of_it(
+    rig: Rig,
+) -> None:
+    rows = 100_000
+    first = await rig.start_worker()
+    job_id = await rig.enqueue("load_customers", prefix="big", rows=rows, chunk=5_000, pause_s=0.1)
+    count = "select count(*) from customers where external_id like 'big-%'"
+    async with CountWatcher(rig.servers.postgres.admin_dsn, count) as watcher:
+        await wait_for_progress(rig.redis, job_id, "rows", 30_000, within_s=30)
+        # The heartbeat has already cut arq's hour-long hold to ETL_REQUEUE_AFTER.
+        assert 0 < await rig.redis.pttl(in_progress_key_prefix + job_id) <= 5_000
+        first.kill()
+        killed_at = time.monotonic()
+        assert await rig.sql(count) == 0
+
+        second = await rig.start_worker()
+        record = await wait_for_result(rig.redis, job_id, within_s=60)
+        waited = time.monotonic() - killed_at
+    assert record["s"] is True, record
+    assert record["r"] == {"rows": rows, "tries": 2}
+    assert await rig.sql(count) == rows
+    assert await rig.sql("select count(distinct external_id) from customers") == rows
+    # It ran again once the dead worker's 5 s hold ran out, not an hour later.
+    assert waited < 30
+    assert watcher.reads > 50
+    assert watcher.seen <= {0, rows}, watcher.seen
+    assert second.alive()
