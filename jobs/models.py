@@ -102,6 +102,20 @@ class ExportPayload(Payload):
     compress: StrictBool = False
     since: datetime | None = None
 
+    @field_validator("since", mode="before")
+    @classmethod
+    def _iso_8601(cls, value: Any) -> Any:
+        # Left to pydantic, "yesterday" is "input is too short" and "1700000000" is taken as
+        # Unix seconds; the contract is ISO-8601, and the message says so.
+        if isinstance(value, str):
+            try:
+                return datetime.fromisoformat(value)
+            except ValueError:
+                raise ValueError("not an ISO-8601 timestamp (e.g. 2026-11-21T00:00:00Z)") from None
+        if isinstance(value, int | float):
+            raise ValueError("must be an ISO-8601 timestamp string, not a number")
+        return value
+
 
 class ExportResult(BaseModel):
     dataset: str

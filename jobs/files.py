@@ -1,0 +1,179 @@
+"""Files that appear whole or not at all: written beside their final name, renamed into place.
+
+A reader never sees half an export: the bytes go to a hidden temp file in the same directory
+(so the rename stays on one filesystem and is atomic), which is fsynced before the rename and
+whose directory is fsynced after it. A failure removes the temp file.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import os
+import secrets
+import zlib
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+FILE_MODE = 0o640
+DIR_MODE = 0o750
+# Blocks this large keep the per-block costs (thread hand-off, syscalls) negligible, and the
+# memory an export holds small and fixed: one block being filled, one being written.
+BLOCK_BYTES = 1 << 20
+# zlib level 1 compressed the 1M-row customers CSV at about 200 MB/s here against 135 MB/s for
+# level 6, for a file 2% larger; exports are read back far less often than they are written.
+GZIP_LEVEL = 1
+_GZIP_WBITS = 16 + zlib.MAX_WBITS  # a gzip header and trailer, as `gzip -d` expects
+TEMP_SUFFIX = ".tmp"
+
+
+@dataclass(frozen=True, slots=True)
+class FileDigest:
+    """What was written: the file's size and the SHA-256 of its bytes (compressed, if so)."""
+
+    bytes: int
+    sha256: str
+
+
+def temp_name(final: Path) -> Path:
+    """The hidden temp file beside `final`; `.` first so globs like `*.csv.gz` never match it."""
+    return final.with_name(f".{final.name}.{secrets.token_hex(4)}{TEMP_SUFFIX}")
+
+
+def ensure_directory(path: Path) -> None:
+    """Create `path` (and missing parents) with mode 0750; an existing directory is left as is."""
+    missing = []
+    current = path
+    while not current.exists():
+        missing.append(current)
+        current = current.parent
+    for directory in reversed(missing):
+        with contextlib.suppress(FileExistsError):  # another export created it meanwhile
+            directory.mkdir(mode=DIR_MODE)
+            os.chmod(directory, DIR_MODE)  # mkdir's mode is filtered by the umask
+
+
+def _fsync_directory(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class StagedFile:
+    """A file being written under a temp name; `finish()`, then `publish()` or `discard()`.
+
+    `write()` collects bytes into blocks and hands each block to this file's writer thread,
+    which compresses, hashes and writes it while the event loop receives the next block: zlib,
+    hashlib and file writes release the GIL, so compression overlaps the database stream. One
+    thread per file keeps its operations in order, so a `discard()` issued while a block is
+    being written closes the file only after that write, even if the job is being cancelled.
+    """
+
+    def __init__(self, final: Path, *, compress: bool) -> None:
+        self.final = final
+        self.temp = temp_name(final)
+        self._fd: int | None = os.open(
+            self.temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, FILE_MODE
+        )
+        os.fchmod(self._fd, FILE_MODE)  # os.open's mode is filtered by the umask
+        self._compressor = (
+            zlib.compressobj(GZIP_LEVEL, zlib.DEFLATED, _GZIP_WBITS) if compress else None
+        )
+        self._hash = hashlib.sha256()
+        self._size = 0
+        self._buffer = bytearray()
+        self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="export-writer")
+        self._pending: Future[None] | None = None
+        self._finished = False
+        self._done = False
+
+    async def write(self, data: bytes | bytearray | memoryview) -> None:
+        self._buffer += data
+        if len(self._buffer) >= BLOCK_BYTES:
+            block = bytes(self._buffer)
+            self._buffer.clear()
+            # At most one block in the thread: memory stays fixed however fast rows arrive.
+            await self._wait_pending()
+            self._pending = self._writer.submit(self._sink, block)
+
+    async def finish(self) -> FileDigest:
+        """Write what is left, end the gzip stream, fsync and close; the name is still the temp."""
+        await self._wait_pending()
+        block = bytes(self._buffer)
+        self._buffer.clear()
+        await asyncio.wrap_future(self._writer.submit(self._close, block))
+        self._finished = True
+        return FileDigest(bytes=self._size, sha256=self._hash.hexdigest())
+
+    async def publish(self) -> None:
+        """Rename the finished file to its final name, durably."""
+        if not self._finished:
+            raise RuntimeError("publish() before finish()")
+        await asyncio.wrap_future(self._writer.submit(self._rename))
+        self._done = True
+        self._writer.shutdown(wait=False)
+
+    async def discard(self) -> None:
+        """Remove the temp file; a no-op once published. Safe to call more than once."""
+        if self._done:
+            return
+        self._done = True
+        cleanup = self._writer.submit(self._remove)
+        self._writer.shutdown(wait=False)
+        await asyncio.wrap_future(cleanup)
+
+    async def _wait_pending(self) -> None:
+        if self._pending is not None:
+            pending, self._pending = self._pending, None
+            await asyncio.wrap_future(pending)
+
+    def _sink(self, block: bytes) -> None:
+        if self._compressor is not None:
+            block = self._compressor.compress(block)
+        self._write_out(block)
+
+    def _write_out(self, block: bytes) -> None:
+        assert self._fd is not None
+        self._hash.update(block)
+        view = memoryview(block)
+        while view:
+            written = os.write(self._fd, view)
+            view = view[written:]
+        self._size += len(block)
+
+    def _close(self, block: bytes) -> None:
+        self._sink(block)
+        if self._compressor is not None:
+            self._write_out(self._compressor.flush())
+        assert self._fd is not None
+        os.fsync(self._fd)
+        os.close(self._fd)
+        self._fd = None
+
+    def _rename(self) -> None:
+        os.replace(self.temp, self.final)
+        _fsync_directory(self.final.parent)
+
+    def _remove(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.temp)
+
+
+async def write_file_atomically(final: Path, data: bytes) -> FileDigest:
+    """`data` under `final`, whole or not at all (manifests and other small files)."""
+    staged = StagedFile(final, compress=False)
+    try:
+        await staged.write(data)
+        digest = await staged.finish()
+        await staged.publish()
+    except BaseException:
+        await staged.discard()
+        raise
+    return digest
