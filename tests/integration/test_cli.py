@@ -169,11 +169,13 @@ async def test_enqueue_prints_the_id_and_status_follows_the_job(
 async def test_enqueue_with_a_job_id_enqueues_once(
     settings: Settings, redis: ArqRedis, env: dict[str, str], tmp_path: Path
 ) -> None:
-    first = await etl("enqueue", "ping", "--job-id", "nightly-2024-01-01", env=env, cwd=tmp_path)
-    again = await etl("enqueue", "ping", "--job-id", "nightly-2024-01-01", env=env, cwd=tmp_path)
-    assert (first.code, first.stdout, first.stderr) == (0, "nightly-2024-01-01\n", "")
-    assert (again.code, again.stdout) == (0, "nightly-2024-01-01\n")
-    assert again.stderr == "a job with id nightly-2024-01-01 already exists: not enqueued again\n"
+    # Job ids are global to the Redis database (arq's keys do not carry the queue's name).
+    job_id = f"orders-2024-01-01-{uuid.uuid4().hex[:8]}"
+    first = await etl("enqueue", "ping", "--job-id", job_id, env=env, cwd=tmp_path)
+    again = await etl("enqueue", "ping", "--job-id", job_id, env=env, cwd=tmp_path)
+    assert (first.code, first.stdout, first.stderr) == (0, f"{job_id}\n", "")
+    assert (again.code, again.stdout) == (0, f"{job_id}\n")
+    assert again.stderr == f"a job with id {job_id} already exists: not enqueued again\n"
     assert await _queued(redis, settings) == 1
 
 
