@@ -194,7 +194,14 @@ async def scenario(settings: Settings, *, say: Callable[[str], None]) -> dict[st
     step = "start"
 
     async def finish(handle: JobHandle[Any]) -> BaseModel:
-        result: BaseModel = await handle.result(timeout=JOB_TIMEOUT_S)
+        # Waits for the result, unless the worker itself stops first (it could not start, say).
+        waiting = asyncio.ensure_future(handle.result(timeout=JOB_TIMEOUT_S))
+        await asyncio.wait({waiting, task}, return_when=asyncio.FIRST_COMPLETED)
+        if not waiting.done():
+            waiting.cancel()
+            task.result()  # the worker's own error, if it had one
+            raise RuntimeError("the worker stopped before the job finished")
+        result: BaseModel = waiting.result()
         return result
 
     try:
