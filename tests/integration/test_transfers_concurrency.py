@@ -1,0 +1,177 @@
+"""`transfer_funds` jobs running at the same time: no deadlock, no double spend, no lost money."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections import Counter
+from collections.abc import AsyncIterator
+from typing import Any
+from uuid import UUID, uuid4
+
+import asyncpg
+import pytest
+from sqlalchemy.ext.asyncio import AsyncEngine
+from structlog.testing import capture_logs
+
+from jobs.transfer_plan import ALREADY_RECORDED
+from jobs.transfers import transfer_funds
+from tests.integration.test_transfers import balances, connect, ledger, seed_accounts, transfer
+
+
+@pytest.fixture
+async def observer(database_url: str) -> AsyncIterator[asyncpg.Connection]:
+    conn = await connect(database_url)
+    yield conn
+    await conn.close()
+
+
+async def wait_for_lock_wait(conn: asyncpg.Connection) -> None:
+    """Return once a worker connection of this database waits for a lock."""
+    for _ in range(500):
+        waiting = await conn.fetchval(
+            "select count(*) from pg_stat_activity"
+            " where datname = current_database() and application_name = 'etl-worker'"
+            " and wait_event_type = 'Lock'"
+        )
+        if waiting:
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError("the job never waited for a lock")
+
+
+async def test_concurrent_overlapping_batches_and_replays_keep_every_invariant(
+    ctx: dict[str, Any], engine: AsyncEngine, observer: asyncpg.Connection
+) -> None:
+    rng = random.Random(8)
+    accounts = dict.fromkeys(range(1, 41), ("EUR", 1_000))
+    await seed_accounts(engine, accounts)
+    batches = [
+        [
+            transfer(*rng.sample(range(1, 41), 2), rng.randrange(1, 700))
+            for _ in range(rng.randrange(50, 300))
+        ]
+        for _ in range(8)
+    ]
+    # The same transfers in two batches at once: one job applies them, the other finds them.
+    shared = [transfer(1, 2, 5), transfer(3, 4, 5), transfer(40, 39, 5)]
+    batches[0] += shared
+    batches[5] = shared + batches[5]
+
+    # Every batch twice, all at once: the replays race the originals.
+    results = await asyncio.gather(
+        *(transfer_funds.run(ctx, transfers=batch) for batch in batches + batches)
+    )
+
+    final = await balances(observer)
+    recorded = await ledger(observer)
+    assert sum(final.values()) == 40 * 1_000
+    assert min(final.values()) >= 0
+    # Each id has one outcome that counts; every other sighting of it is a duplicate.
+    counted: Counter[str] = Counter()
+    for batch, result in zip(batches + batches, results, strict=True):
+        assert [r["id"] for r in result["results"]] == [t["id"] for t in batch]
+        for outcome in result["results"]:
+            if outcome["status"] == "duplicate":
+                assert outcome["reason"] == ALREADY_RECORDED
+            else:
+                counted[outcome["id"]] += 1
+                status, reason = recorded[UUID(outcome["id"])][3:]
+                assert (outcome["status"], outcome["reason"]) == (status, reason)
+    all_ids = {t["id"] for batch in batches for t in batch}
+    assert counted == Counter(all_ids)
+    assert {str(key) for key in recorded} == all_ids
+    # The balances are exactly what the applied ledger rows add up to.
+    expected = dict.fromkeys(accounts, 1_000)
+    for source, target, amount, status, _ in recorded.values():
+        if status == "applied":
+            expected[source] -= amount
+            expected[target] += amount
+    assert final == expected
+    assert sum(r["applied"] for r in results) == sum(
+        1 for row in recorded.values() if row[3] == "applied"
+    )
+
+
+async def test_an_id_another_job_records_meanwhile_is_a_duplicate(
+    ctx: dict[str, Any],
+    engine: AsyncEngine,
+    observer: asyncpg.Connection,
+    database_url: str,
+) -> None:
+    """The batch's insert meets another job's row on the ledger key: it falls back and sees it."""
+    await seed_accounts(engine, {1: ("EUR", 100), 2: ("EUR", 0), 3: ("EUR", 0)})
+    taken = transfer(1, 2, 10)
+    batch = [taken, transfer(1, 2, 20)]
+    other = await connect(database_url)
+    try:
+        with capture_logs() as logs:
+            async with other.transaction():
+                # Another job records the same id for other accounts, and has not committed yet.
+                await other.execute(
+                    "insert into transfers"
+                    " (id, from_account_id, to_account_id, amount_cents, status)"
+                    " values ($1, 3, 1, 10, 'rejected')",
+                    UUID(taken["id"]),
+                )
+                job = asyncio.create_task(transfer_funds.run(ctx, transfers=batch))
+                await wait_for_lock_wait(observer)  # the job's insert waits on the ledger key
+            result = await job
+    finally:
+        await other.close()
+
+    assert result["results"] == [
+        {"id": taken["id"], "status": "duplicate", "reason": ALREADY_RECORDED},
+        {"id": batch[1]["id"], "status": "applied", "reason": None},
+    ]
+    assert [entry["event"] for entry in logs if entry["log_level"] == "warning"] == [
+        "transfers.fallback"
+    ]
+    assert await balances(observer) == {1: 80, 2: 20, 3: 0}
+    assert (await ledger(observer))[UUID(taken["id"])] == (3, 1, 10, "rejected", None)
+
+
+async def test_a_deadlock_is_retried_and_the_job_succeeds(
+    ctx: dict[str, Any],
+    engine: AsyncEngine,
+    observer: asyncpg.Connection,
+    database_url: str,
+) -> None:
+    """Another writer that locks accounts in the opposite order: PostgreSQL picks the job."""
+    await seed_accounts(engine, {1: ("EUR", 100), 2: ("EUR", 0)})
+    batch = [transfer(1, 2, 10)]
+    other = await connect(database_url)
+    try:
+        # The other writer waits longer before checking for deadlocks, so the job is the victim.
+        await other.execute("set deadlock_timeout = '20s'")
+        with capture_logs() as logs:
+            async with other.transaction():
+                await other.execute("select 1 from accounts where id = 2 for update")
+                job = asyncio.create_task(transfer_funds.run(ctx, transfers=batch))
+                await wait_for_lock_wait(observer)  # the job holds account 1, waits for 2
+                await other.execute("select 1 from accounts where id = 1 for update")
+            result = await job
+    finally:
+        await other.close()
+
+    assert result["results"] == [{"id": batch[0]["id"], "status": "applied", "reason": None}]
+    retries = [entry for entry in logs if entry["event"] == "transfers.retry"]
+    assert [(entry["attempt"], entry["sqlstate"]) for entry in retries] == [(1, "40P01")]
+    assert await balances(observer) == {1: 90, 2: 10}
+    assert list(await ledger(observer)) == [UUID(batch[0]["id"])]
+
+
+async def test_a_replay_waiting_for_the_original_finds_everything_recorded(
+    ctx: dict[str, Any], engine: AsyncEngine, observer: asyncpg.Connection
+) -> None:
+    """The replay waits for the accounts, then reads the ledger afresh: all duplicates."""
+    await seed_accounts(engine, {1: ("EUR", 1_000), 2: ("EUR", 0)})
+    batch = [transfer(1, 2, 1) for _ in range(100)] + [transfer(2, 1, 0, uuid4())]
+    with capture_logs() as logs:
+        first, replay = await asyncio.gather(
+            transfer_funds.run(ctx, transfers=batch), transfer_funds.run(ctx, transfers=batch)
+        )
+    assert sorted([first["duplicate"], replay["duplicate"]]) == [0, 101]
+    assert sorted([first["applied"], replay["applied"]]) == [0, 100]
+    assert not [entry for entry in logs if entry["log_level"] == "warning"]
+    assert await balances(observer) == {1: 900, 2: 100}
