@@ -144,4 +144,4 @@ async def rig(private_servers: PrivateServers, tmp_path: Path) -> AsyncIterator[
     finally:
         for worker in rig.workers:
             worker.kill()
-        await redis.aclose()
+        await rig.redis.aclose()  # a test may have replaced the pool (after a Redis restart)
