@@ -1,15 +1,59 @@
-"""Placeholder: `nightly_export` is being written."""
+"""`nightly_export`: the cron job that writes gzipped CSV of the configured datasets every night.
+
+The worker registers it with arq's `cron(..., unique=True)`: every worker enqueues the tick's job
+under the same id (`nightly_export:<tick in ms>`), arq refuses an id that is queued or has a
+result, and only one worker can hold a job's in-progress key, so each tick runs once however many
+workers run.
+"""
 
 from __future__ import annotations
 
+import asyncio
+from pathlib import Path
+
+from jobs.exports import export_datasets
 from jobs.models import NightlyResult, Payload
+from jobs.registry import DATASETS, Dataset, get_dataset
+from jobs.retention import NIGHTLY_PREFIX, prune_nightly
+from worker.errors import ConfigError, UnknownDataset
 from worker.runner import JobRun, etl_job
+from worker.settings import Settings
 
 
 class NightlyPayload(Payload):
     pass
 
 
+def nightly_datasets(settings: Settings) -> list[Dataset]:
+    """The datasets named by ETL_NIGHTLY_DATASETS, in order, each once; ConfigError if unknown."""
+    names = list(dict.fromkeys(settings.nightly_dataset_names))
+    if not names:
+        raise ConfigError(
+            f"ETL_NIGHTLY_DATASETS names no dataset; give some of {', '.join(sorted(DATASETS))}"
+        )
+    datasets = []
+    for name in names:
+        try:
+            datasets.append(get_dataset(name))
+        except UnknownDataset as exc:
+            raise ConfigError(f"ETL_NIGHTLY_DATASETS: {exc.message}") from None
+    return datasets
+
+
 @etl_job(name="nightly_export", payload=NightlyPayload, result=NightlyResult, timeout_s=3600)
 async def nightly_export(run: JobRun, payload: NightlyPayload) -> NightlyResult:
-    raise NotImplementedError("nightly_export")
+    """Export each nightly dataset from one snapshot, then keep only the newest files of each."""
+    settings = run.app.settings
+    datasets = nightly_datasets(settings)
+    exports = await export_datasets(
+        run, datasets=datasets, fmt="csv", compress=True, since=None, prefix=NIGHTLY_PREFIX
+    )
+    deleted: list[str] = []
+    for export in exports:
+        deleted += await asyncio.to_thread(
+            prune_nightly,
+            Path(export.path).parent,
+            dataset=export.dataset,
+            keep=settings.export_keep,
+        )
+    return NightlyResult(exports=exports, deleted=deleted)

@@ -7,6 +7,7 @@ and starts nothing; `build_worker_settings()` is what tests and the CLI call.
 
 from __future__ import annotations
 
+from datetime import UTC
 from typing import Any
 
 import structlog
@@ -100,8 +101,12 @@ def cron_jobs(settings: Settings) -> list[CronJob]:
             hour={at.hour},
             minute={at.minute},
             second={at.second},
-            # One run per tick across all workers: arq gives the tick's job a fixed id.
+            # One run per tick across all workers: arq gives the tick's job a fixed id and refuses
+            # that id while the job is queued or its result is kept. arq keeps no cron result by
+            # default, so a worker enqueuing late (its loop stalled past the run) would queue the
+            # tick again, to run when arq's 60 s in-progress lock lapsed; a kept result stops that.
             unique=True,
+            keep_result=settings.keep_result_s,
             timeout=nightly_export.timeout_s + ARQ_TIMEOUT_MARGIN_S,
             max_tries=settings.max_tries,
         )
@@ -121,6 +126,8 @@ def build_worker_settings(
         "max_tries": settings.max_tries,
         "keep_result": settings.keep_result_s,
         "health_check_interval": HEALTH_CHECK_INTERVAL_S,
+        # ETL_NIGHTLY_AT is UTC; arq reads cron times in the machine's zone unless told.
+        "timezone": UTC,
         # On SIGTERM/SIGINT arq stops taking jobs, waits this long for running ones, then cancels
         # them; a cancelled job's transaction rolls back and arq (retry_jobs) queues it again.
         "job_completion_wait": settings.shutdown_grace_s,

@@ -1,0 +1,71 @@
+"""Keeping the newest nightly export files of a dataset and deleting the older ones.
+
+Only names the nightly job writes are touched (`nightly-<dataset>-<stamp>-<tag>.<ext>`): exports
+asked for by hand, and any other file an operator keeps in the directory, are never deleted.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import time
+from pathlib import Path
+
+import structlog
+
+from jobs.exports import manifest_path
+from jobs.files import TEMP_SUFFIX
+
+log = structlog.get_logger("jobs.retention")
+
+NIGHTLY_PREFIX = "nightly-"
+# A temp file untouched this long belongs to a worker that was killed mid-export: a live export
+# writes to its temp file continuously, and no export may run longer than an hour.
+STALE_TEMP_S = 2 * 3600
+
+
+def nightly_file_pattern(dataset: str) -> re.Pattern[str]:
+    return re.compile(
+        rf"{NIGHTLY_PREFIX}{re.escape(dataset)}-\d{{8}}T\d{{6}}\.\d{{3}}Z-[0-9a-f]{{8}}"
+        r"\.(?:csv|jsonl)(?:\.gz)?"
+    )
+
+
+def nightly_files(directory: Path, dataset: str) -> list[Path]:
+    """The dataset's nightly files in `directory`, newest first (names start with the time)."""
+    pattern = nightly_file_pattern(dataset)
+    with os.scandir(directory) as entries:
+        names = [
+            entry.name
+            for entry in entries
+            if pattern.fullmatch(entry.name) and entry.is_file(follow_symlinks=False)
+        ]
+    return [directory / name for name in sorted(names, reverse=True)]
+
+
+def prune_nightly(directory: Path, *, dataset: str, keep: int) -> list[str]:
+    """Delete all but the newest `keep` nightly files (and their manifests); returns their paths."""
+    deleted = []
+    for path in nightly_files(directory, dataset)[keep:]:
+        # Manifest first: a file left without one (if we stop here) is still matched next night.
+        manifest_path(path).unlink(missing_ok=True)
+        path.unlink(missing_ok=True)
+        deleted.append(str(path))
+    _remove_stale_temps(directory, dataset)
+    return deleted
+
+
+def _remove_stale_temps(directory: Path, dataset: str) -> None:
+    pattern = re.compile(rf"\.{NIGHTLY_PREFIX}{re.escape(dataset)}-.*{re.escape(TEMP_SUFFIX)}")
+    cutoff = time.time() - STALE_TEMP_S
+    with os.scandir(directory) as entries:
+        stale = [
+            entry
+            for entry in entries
+            if pattern.fullmatch(entry.name)
+            and entry.is_file(follow_symlinks=False)
+            and entry.stat(follow_symlinks=False).st_mtime < cutoff
+        ]
+    for entry in stale:
+        Path(entry.path).unlink(missing_ok=True)
+        log.warning("export.stale_temp_removed", path=entry.path)
