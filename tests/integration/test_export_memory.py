@@ -1,0 +1,138 @@
+"""Exports run in constant memory: an export process's peak RSS does not grow with the rows.
+
+Each export runs in a child process (this module's `__main__`) whose peak RSS (Linux's VmHWM) is
+reset once the imports are done, so the peak is the export's own; the same table is exported at
+N rows and at 5N rows, both many times the batch size.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+import uuid
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from jobs.export_stream import BATCH_ROWS
+
+ROOT = Path(__file__).resolve().parents[2]
+N = 200_000
+GROWTH = 1.2  # what the export adds to RSS at 5N may exceed what it adds at N by 20%...
+SLACK_MB = 4.0  # ...plus a few MB of allocator noise
+CEILING_MB = 150.0
+CASES = [("csv", True), ("jsonl", False)]  # COPY with gzip; the yield_per cursor
+
+
+async def add_customers(engine: AsyncEngine, *, first: int, last: int) -> None:
+    async with engine.begin() as conn:
+        await conn.execute(
+            text(
+                "insert into customers (external_id, email, full_name, country, created_at,"
+                " updated_at)"
+                " select 'C' || g, 'user' || g || '@example.com', 'Customer Number ' || g, 'US',"
+                " now() - g * interval '1 second', now() - g * interval '1 second'"
+                " from generate_series(cast(:first as bigint), cast(:last as bigint)) g"
+            ),
+            {"first": first, "last": last},
+        )
+        await conn.execute(text("analyze customers"))
+
+
+async def export_in_child(
+    database_url: str, export_dir: Path, *, fmt: str, compress: bool
+) -> dict[str, Any]:
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "tests.integration.test_export_memory",
+        database_url,
+        str(export_dir),
+        fmt,
+        "gzip" if compress else "plain",
+        cwd=ROOT,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await proc.communicate()
+    assert proc.returncode == 0, err.decode()[-2000:]
+    report: dict[str, Any] = json.loads(out.decode().strip().splitlines()[-1])
+    await asyncio.to_thread(Path(report["path"]).unlink)  # a 1M-row file is 100-200 MB
+    return report
+
+
+@pytest.mark.timeout(240)
+async def test_peak_memory_does_not_grow_with_rows(
+    engine: AsyncEngine, database_url: str, clean_db: None, tmp_path: Path
+) -> None:
+    assert BATCH_ROWS * 10 <= N
+    peaks: dict[tuple[str, bool], list[dict[str, Any]]] = {case: [] for case in CASES}
+    for first, last in ((1, N), (N + 1, 5 * N)):
+        await add_customers(engine, first=first, last=last)
+        for fmt, compress in CASES:
+            report = await export_in_child(database_url, tmp_path, fmt=fmt, compress=compress)
+            assert report["rows"] == last
+            peaks[(fmt, compress)].append(report)
+
+    for (fmt, compress), (small, large) in peaks.items():
+        summary = (
+            f"{fmt}{' gzip' if compress else ''}: peak RSS {small['peak_mb']:.1f} MB at {N:,} rows"
+            f" (export +{small['peak_mb'] - small['base_mb']:.1f} MB),"
+            f" {large['peak_mb']:.1f} MB at {5 * N:,} rows"
+            f" (export +{large['peak_mb'] - large['base_mb']:.1f} MB)"
+        )
+        print(summary)
+        small_export = small["peak_mb"] - small["base_mb"]
+        large_export = large["peak_mb"] - large["base_mb"]
+        assert large_export <= small_export * GROWTH + SLACK_MB, summary
+        assert large["peak_mb"] < CEILING_MB, summary
+
+
+def _status_mb(field: str) -> float:
+    status = Path("/proc/self/status").read_text()
+    (line,) = [line for line in status.splitlines() if line.startswith(field + ":")]
+    return int(line.split()[1]) / 1024  # kB
+
+
+def _reset_peak() -> None:
+    """Start the peak (VmHWM) again from the current RSS, so imports do not hide the export."""
+    Path("/proc/self/clear_refs").write_text("5")
+
+
+async def _child(database_url: str, export_dir: Path, fmt: str, compress: bool) -> dict[str, Any]:
+    from jobs.exports import export_dataset
+    from jobs.models import ExportPayload
+    from worker.context import AppContext
+    from worker.db import create_engine, create_sessionmaker
+    from worker.logging import configure_logging
+    from worker.runner import JobRun
+    from worker.settings import Settings
+
+    configure_logging("WARNING", "json")
+    settings = Settings(DATABASE_URL=database_url, ETL_EXPORT_DIR=export_dir)
+    engine = create_engine(settings)
+    try:
+        async with engine.connect() as conn:
+            await conn.execute(text("select 1"))
+        _reset_peak()
+        base = _status_mb("VmRSS")
+        app = AppContext(settings=settings, engine=engine, sessionmaker=create_sessionmaker(engine))
+        run = JobRun(app=app, job_id=uuid.uuid4().hex, job_try=1)
+        payload = ExportPayload.model_validate(
+            {"dataset": "customers", "format": fmt, "compress": compress}
+        )
+        result = await export_dataset.impl(run, payload)
+    finally:
+        await engine.dispose()
+    peak = _status_mb("VmHWM")
+    return {"rows": result.rows, "path": result.path, "base_mb": base, "peak_mb": peak}
+
+
+if __name__ == "__main__":
+    url, directory, fmt, compression = sys.argv[1:5]
+    report = asyncio.run(_child(url, Path(directory), fmt, compression == "gzip"))
+    print(json.dumps(report))
