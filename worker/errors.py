@@ -55,6 +55,10 @@ class TooManyRejects(PermanentError):
     """Too many rows were rejected; nothing was loaded."""
 
 
+class JobFailed(PermanentError):
+    """The job met an error it does not handle; the worker's log has the traceback."""
+
+
 class JobTimeout(PermanentError):
     """The job did not finish within its time limit; it is not retried."""
 

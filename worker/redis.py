@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Any
+import asyncio
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
 
 from arq.connections import ArqRedis, RedisSettings, create_pool
 from redis.asyncio.retry import Retry
 from redis.backoff import EqualJitterBackoff
+from redis.exceptions import AuthenticationError, AuthorizationError, RedisError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
@@ -20,9 +23,39 @@ class SafeRedisSettings(RedisSettings):
         return "RedisSettings({})".format(", ".join(f"{k}={v!r}" for k, v in shown.items()))
 
 
+T = TypeVar("T")
+
+
+class _RestartRetry(Retry):
+    """redis-py's Retry, except that a refused password fails at once.
+
+    redis-py files AuthenticationError under ConnectionError, so its Retry would spend the whole
+    outage allowance on a password that will not become right. (The loop is redis-py 5's own.)
+    """
+
+    async def call_with_retry(
+        self, do: Callable[[], Awaitable[T]], fail: Callable[[RedisError], Any]
+    ) -> T:
+        self._backoff.reset()  # type: ignore[no-untyped-call]
+        failures = 0
+        while True:
+            try:
+                return await do()
+            except (AuthenticationError, AuthorizationError):
+                raise
+            except self._supported_errors as error:
+                failures += 1
+                await fail(error)
+                if self._retries >= 0 and failures > self._retries:
+                    raise error
+                backoff = self._backoff.compute(failures)
+                if backoff > 0:
+                    await asyncio.sleep(backoff)
+
+
 def _restart_retry() -> Retry:
     """Reconnect with backoff for 15-20 s: 10 more tries, 0.4 s doubling to 3 s, half jittered."""
-    return Retry(EqualJitterBackoff(cap=3.0, base=0.2), 10)
+    return _RestartRetry(EqualJitterBackoff(cap=3.0, base=0.2), 10)
 
 
 def redis_settings(settings: Settings, *, ride_out_restarts: bool = False) -> RedisSettings:

@@ -23,6 +23,7 @@ from worker.context import AppContext, app_context
 from worker.errors import (
     EtlError,
     InvalidPayload,
+    JobFailed,
     JobTimeout,
     TransientError,
     describe,
@@ -231,9 +232,12 @@ async def run_job(
                 **run.counters,
             }
             if not is_transient(exc):
-                if not isinstance(exc, EtlError):
-                    log.exception("job.crashed")
-                raise
+                if isinstance(exc, EtlError):
+                    raise
+                log.exception("job.crashed")
+                # What `etl failed` shows: one line naming the driver's error, rather than
+                # SQLAlchemy's text with the statement and its row data over several lines.
+                raise JobFailed(describe(exc)) from exc
             if job_try >= settings.max_tries:
                 fields["error"] = f"gave up after {job_try} tries: {describe(exc)}"
                 raise TransientError(fields["error"]) from exc

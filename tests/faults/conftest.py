@@ -18,7 +18,7 @@ import pytest
 from arq.connections import ArqRedis
 
 from tests.conftest import TABLES, migrate
-from tests.faults.processes import WorkerProcess
+from tests.faults.processes import WORKER_WITH_STAND_INS, WorkerProcess
 from tests.faults.servers import PrivatePostgres, PrivateRedis, redis_executable
 from worker.redis import connect
 from worker.settings import Settings, normalise_database_url
@@ -92,11 +92,16 @@ class Rig:
         env.update(overrides)
         return env
 
-    async def start_worker(self, **env: str) -> WorkerProcess:
+    def spawn_worker(
+        self, *, command: tuple[str, ...] = WORKER_WITH_STAND_INS, **env: str
+    ) -> WorkerProcess:
         log_path = self.tmp / f"worker-{len(self.workers) + 1}.log"
-        worker = WorkerProcess(self.worker_env(**env), log_path=log_path)
+        worker = WorkerProcess(self.worker_env(**env), log_path=log_path, command=command)
         self.workers.append(worker)
-        return await worker.started()
+        return worker
+
+    async def start_worker(self, **env: str) -> WorkerProcess:
+        return await self.spawn_worker(**env).started()
 
     async def enqueue(self, function: str, **kwargs: object) -> str:
         job = await self.redis.enqueue_job(function, _queue_name=self.settings.queue_name, **kwargs)

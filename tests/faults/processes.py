@@ -22,10 +22,24 @@ from worker.runner import PROGRESS_KEY_PREFIX
 ROOT = Path(__file__).resolve().parents[2]
 
 
-class WorkerProcess:
-    """`python -m tests.faults.worker_process` with the given environment; output to a file."""
+WORKER_WITH_STAND_INS = ("-m", "tests.faults.worker_process")
+ETL_WORKER = ("-m", "worker.cli", "worker")
 
-    def __init__(self, env: Mapping[str, str], *, log_path: Path) -> None:
+
+class WorkerProcess:
+    """A worker in a process of its own, given only `env`; stdout and stderr go to `log_path`.
+
+    By default the fault tests' worker (the service's jobs plus the stand-ins); `command` can
+    name another, such as `etl worker` itself.
+    """
+
+    def __init__(
+        self,
+        env: Mapping[str, str],
+        *,
+        log_path: Path,
+        command: tuple[str, ...] = WORKER_WITH_STAND_INS,
+    ) -> None:
         self.log_path = log_path
         full_env = {
             "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
@@ -38,7 +52,7 @@ class WorkerProcess:
         }
         with open(log_path, "ab") as out:
             self.process = subprocess.Popen(
-                [sys.executable, "-m", "tests.faults.worker_process"],
+                [sys.executable, *command],
                 cwd=ROOT,
                 env=full_env,
                 stdout=out,

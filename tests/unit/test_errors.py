@@ -24,6 +24,7 @@ from worker.errors import (
     EtlError,
     InputFileError,
     InvalidPayload,
+    JobFailed,
     JobTimeout,
     PathNotAllowed,
     PermanentError,
@@ -187,7 +188,15 @@ def test_bugs_and_input_problems_are_permanent(error: BaseException) -> None:
 
 @pytest.mark.parametrize(
     "cls",
-    [InvalidPayload, UnknownDataset, PathNotAllowed, InputFileError, TooManyRejects, JobTimeout],
+    [
+        InvalidPayload,
+        UnknownDataset,
+        PathNotAllowed,
+        InputFileError,
+        TooManyRejects,
+        JobTimeout,
+        JobFailed,
+    ],
 )
 def test_permanent_errors_are_never_retried_whatever_caused_them(cls: type[EtlError]) -> None:
     assert issubclass(cls, PermanentError)

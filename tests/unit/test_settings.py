@@ -7,6 +7,8 @@ from typing import Any
 
 import pytest
 from pydantic import ValidationError
+from redis.exceptions import AuthenticationError
+from redis.exceptions import ConnectionError as RedisConnectionError
 
 from worker.redis import redis_settings
 from worker.settings import Settings
@@ -192,3 +194,31 @@ def test_only_the_worker_rides_out_a_redis_restart() -> None:
     worker = redis_settings(settings, ride_out_restarts=True)
     assert worker.retry is not None
     assert worker.retry_on_error is not None and OSError in worker.retry_on_error
+
+
+async def test_worker_retry_repeats_a_lost_connection_but_not_a_refused_password() -> None:
+    retry = redis_settings(load(REDIS_URL="redis://cache.example/0"), ride_out_restarts=True).retry
+    assert retry is not None
+    calls: list[str] = []
+
+    async def disconnect(error: Exception) -> None:
+        calls.append("disconnect")
+
+    async def refused() -> str:
+        calls.append("auth")
+        raise AuthenticationError("invalid username-password pair")
+
+    with pytest.raises(AuthenticationError):
+        await retry.call_with_retry(refused, disconnect)
+    assert calls == ["auth"]
+
+    calls.clear()
+
+    async def lost_once() -> str:
+        calls.append("command")
+        if len(calls) == 1:
+            raise RedisConnectionError("Connection closed by server.")
+        return "PONG"
+
+    assert await retry.call_with_retry(lost_once, disconnect) == "PONG"
+    assert calls == ["command", "disconnect", "command"]
