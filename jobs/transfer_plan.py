@@ -23,7 +23,7 @@ ledger; one that breaks none is `applied`.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Sequence
 from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 from typing import Literal, NamedTuple
@@ -45,9 +45,8 @@ INSUFFICIENT_FUNDS = "insufficient funds"
 BALANCE_OVERFLOW = "to_account: balance would exceed the bigint range"
 
 
-class Account(NamedTuple):
-    balance_cents: int
-    currency: str
+AccountRow = tuple[int, int, str]
+"""id, balance_cents, currency: an account as the job reads it."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,9 +95,9 @@ class BatchState:
     `decide` runs for every transfer of every batch, so it looks each thing up once.
     """
 
-    def __init__(self, *, accounts: Mapping[int, Account], recorded: AbstractSet[UUID]) -> None:
-        self._currency = {account_id: a.currency for account_id, a in accounts.items()}
-        self._balance = {account_id: a.balance_cents for account_id, a in accounts.items()}
+    def __init__(self, *, accounts: Sequence[AccountRow], recorded: AbstractSet[UUID]) -> None:
+        self._balance = {row[0]: row[1] for row in accounts}
+        self._currency = {row[0]: row[2] for row in accounts}
         self._initial = dict(self._balance)
         # id -> why another transfer with this id is a duplicate
         self._seen = dict.fromkeys(recorded, ALREADY_RECORDED)
@@ -187,7 +186,7 @@ def accounts_to_lock(transfers: Iterable[TransferItem]) -> list[int]:
 def plan_batch(
     transfers: Sequence[TransferItem],
     *,
-    accounts: Mapping[int, Account],
+    accounts: Sequence[AccountRow],
     recorded: AbstractSet[UUID],
 ) -> BatchPlan:
     """Decide every transfer in order, given the accounts and the ids already in the ledger."""

@@ -12,6 +12,14 @@ ids a moment ago, a constraint the rules do not know), the job rolls back to the
 writes the transfers one by one, each in its own savepoint, asking the same rules: the outcomes
 are the same, except that a transfer the database refuses is rejected (or, for an id recorded
 meanwhile, reported duplicate) on its own.
+
+Large batches queue for one advisory lock before they lock any account. Two of them nearly always
+share accounts; the second would wait on the first's rows and then, in READ COMMITTED, re-check
+every row the first updated (EvalPlanQual) as it resumes. Measured with 1,000-transfer batches
+over 10,000 accounts, two or four at once: 75-180 ms of PostgreSQL CPU per batch instead of
+about 25, and a third of the sequential throughput. Queued up front they run one after another
+at full speed. Small jobs skip the queue: they lock a few rows, and a row or two re-checked costs
+nothing.
 """
 
 from __future__ import annotations
@@ -28,7 +36,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from jobs.models import TransferItem, TransferPayload, TransferResult
 from jobs.transfer_plan import (
     ALREADY_RECORDED,
-    Account,
+    AccountRow,
     BatchState,
     Decision,
     LedgerRow,
@@ -51,6 +59,11 @@ SELECT id, balance_cents, currency FROM accounts
 WHERE id = ANY(string_to_array($1, ',')::bigint[])
 ORDER BY id FOR UPDATE
 """
+# pg_advisory_xact_lock's key for the large-batch queue: "tran" in ASCII, used by nothing else.
+LARGE_BATCH_LOCK = 0x7472_616E
+LARGE_BATCH_ACCOUNTS = 64
+"""A batch locking more accounts than this waits for the large-batch queue first."""
+QUEUE_LARGE_BATCH = "SELECT pg_advisory_xact_lock($1::bigint)"
 RECORDED_IDS = "SELECT id FROM transfers WHERE id = ANY(string_to_array($1, ',')::uuid[])"
 # A data-modifying CTE runs to completion even though the INSERT does not read it: one round trip.
 WRITE = """
@@ -73,6 +86,9 @@ SELECT * FROM unnest(
 )
 """
 LEDGER_KEY = "pk_transfers"
+SAVEPOINT = "SAVEPOINT transfer_batch"
+RELEASE_SAVEPOINT = "RELEASE SAVEPOINT transfer_batch"
+ROLLBACK_TO_SAVEPOINT = "ROLLBACK TO SAVEPOINT transfer_batch"
 
 # Deadlock and serialization failure: the whole batch is tried again at once, in this job, a
 # few times; a new arq try would wait at least the runner's first backoff (a second by default).
@@ -114,26 +130,35 @@ async def apply_batch(run: JobRun, transfers: Sequence[TransferItem]) -> list[De
     """One transaction: lock, decide, write set-based; per transfer if that fails."""
     async with run.app.engine.begin() as conn:
         driver = await driver_connection(conn)
-        rows = await driver.fetch(LOCK_ACCOUNTS, _joined(accounts_to_lock(transfers)))
-        accounts = {row[0]: Account(row[1], row[2]) for row in rows}
+        account_ids = accounts_to_lock(transfers)
+        if len(account_ids) > LARGE_BATCH_ACCOUNTS:
+            # Before any row lock, so no job waits for this while holding an account.
+            await driver.execute(QUEUE_LARGE_BATCH, LARGE_BATCH_LOCK)
+        accounts = await driver.fetch(LOCK_ACCOUNTS, _joined(account_ids))
         plan = plan_batch(
             transfers, accounts=accounts, recorded=await recorded_ids(driver, transfers)
         )
         if not plan.ledger:
             return plan.decisions  # all duplicates: nothing to write
+        # This savepoint is set through the raw connection: SQLAlchemy's begin_nested() costs
+        # about 300 us of CPU for SAVEPOINT and RELEASE against 80 us here, a quarter of what a
+        # one-transfer job spends in Python. Anything but a refusal rolls the transaction back.
+        await driver.execute(SAVEPOINT)
         try:
-            async with conn.begin_nested():
-                await apply_set_based(driver, deltas=plan.deltas, ledger=plan.ledger)
-            return plan.decisions
+            await apply_set_based(driver, deltas=plan.deltas, ledger=plan.ledger)
         except asyncpg.PostgresError as exc:
             if not _refused(exc):
                 raise
+            await driver.execute(ROLLBACK_TO_SAVEPOINT)
             log.warning(
                 "transfers.fallback",
                 sqlstate=exc.sqlstate,
                 constraint=getattr(exc, "constraint_name", None),
                 transfers=len(transfers),
             )
+        else:
+            await driver.execute(RELEASE_SAVEPOINT)
+            return plan.decisions
         # The accounts were locked before the savepoint, so they stay locked and `accounts`
         # still describes them.
         return await apply_one_by_one(
@@ -181,7 +206,7 @@ async def apply_one_by_one(
     conn: AsyncConnection,
     driver: Any,
     transfers: Sequence[TransferItem],
-    accounts: dict[int, Account],
+    accounts: Sequence[AccountRow],
 ) -> list[Decision]:
     """The same rules, one savepoint per transfer: what the database refuses stays on its own."""
     # Read again: the set-based write may have failed because another job has just recorded some
