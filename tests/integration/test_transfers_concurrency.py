@@ -14,8 +14,9 @@ import pytest
 from sqlalchemy.ext.asyncio import AsyncEngine
 from structlog.testing import capture_logs
 
-from jobs.transfer_plan import ALREADY_RECORDED
-from jobs.transfers import transfer_funds
+from jobs.models import TransferItem
+from jobs.transfer_plan import ALREADY_RECORDED, accounts_to_lock
+from jobs.transfers import LARGE_BATCH_ACCOUNTS, LARGE_BATCH_LOCK, transfer_funds
 from tests.integration.test_transfers import balances, connect, ledger, seed_accounts, transfer
 
 
@@ -24,6 +25,10 @@ async def observer(database_url: str) -> AsyncIterator[asyncpg.Connection]:
     conn = await connect(database_url)
     yield conn
     await conn.close()
+
+
+def _items(batch: list[dict[str, Any]]) -> list[TransferItem]:
+    return [TransferItem.model_validate(t) for t in batch]
 
 
 async def wait_for_lock_wait(conn: asyncpg.Connection) -> None:
@@ -44,15 +49,15 @@ async def test_concurrent_overlapping_batches_and_replays_keep_every_invariant(
     ctx: dict[str, Any], engine: AsyncEngine, observer: asyncpg.Connection
 ) -> None:
     rng = random.Random(8)
-    accounts = dict.fromkeys(range(1, 41), ("EUR", 1_000))
+    accounts = dict.fromkeys(range(1, 101), ("EUR", 1_000))
     await seed_accounts(engine, accounts)
+    # Small batches (a few accounts, locked row by row) meet large ones (queued first).
+    sizes = [5, 20, 300, 150, 10, 400, 250, 30]
     batches = [
-        [
-            transfer(*rng.sample(range(1, 41), 2), rng.randrange(1, 700))
-            for _ in range(rng.randrange(50, 300))
-        ]
-        for _ in range(8)
+        [transfer(*rng.sample(range(1, 101), 2), rng.randrange(1, 700)) for _ in range(size)]
+        for size in sizes
     ]
+    assert sum(len(accounts_to_lock(_items(b))) > LARGE_BATCH_ACCOUNTS for b in batches) == 4
     # The same transfers in two batches at once: one job applies them, the other finds them.
     shared = [transfer(1, 2, 5), transfer(3, 4, 5), transfer(40, 39, 5)]
     batches[0] += shared
@@ -65,7 +70,7 @@ async def test_concurrent_overlapping_batches_and_replays_keep_every_invariant(
 
     final = await balances(observer)
     recorded = await ledger(observer)
-    assert sum(final.values()) == 40 * 1_000
+    assert sum(final.values()) == 100 * 1_000
     assert min(final.values()) >= 0
     # Each id has one outcome that counts; every other sighting of it is a duplicate.
     counted: Counter[str] = Counter()
@@ -175,3 +180,31 @@ async def test_a_replay_waiting_for_the_original_finds_everything_recorded(
     assert sorted([first["applied"], replay["applied"]]) == [0, 100]
     assert not [entry for entry in logs if entry["log_level"] == "warning"]
     assert await balances(observer) == {1: 900, 2: 100}
+
+
+async def test_large_batches_queue_before_locking_and_small_ones_do_not(
+    ctx: dict[str, Any],
+    engine: AsyncEngine,
+    observer: asyncpg.Connection,
+    database_url: str,
+) -> None:
+    await seed_accounts(engine, dict.fromkeys(range(1, 101), ("EUR", 1_000)))
+    large = [transfer(n, n + 50, 1) for n in range(1, 51)]
+    small = [transfer(1, 2, 1)]
+    assert len(accounts_to_lock(_items(large))) > LARGE_BATCH_ACCOUNTS
+    other = await connect(database_url)
+    try:
+        async with other.transaction():
+            await other.execute("select pg_advisory_xact_lock($1)", LARGE_BATCH_LOCK)
+            queued = asyncio.create_task(transfer_funds.run(ctx, transfers=large))
+            await wait_for_lock_wait(observer)
+            # While the large batch waits, it holds no account: a small job on its accounts runs.
+            assert (await transfer_funds.run(ctx, transfers=small))["applied"] == 1
+            assert not queued.done()
+        result = await queued
+    finally:
+        await other.close()
+
+    assert result["applied"] == 50
+    final = await balances(observer)
+    assert (final[1], final[2], final[51], final[100]) == (998, 1_000, 1_001, 1_001)
