@@ -12,6 +12,8 @@ import pytest
 from arq.connections import ArqRedis
 from arq.constants import in_progress_key_prefix
 from arq.worker import func
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from tests.integration.etl_process import (
     ETL,
@@ -315,27 +317,51 @@ async def test_wait_gives_up_after_the_timeout(
     )
 
 
-async def test_export_and_import_through_the_cli(
+async def _insert(engine: AsyncEngine, sql: str) -> None:
+    async with engine.begin() as conn:
+        await conn.execute(text(sql))
+
+
+async def test_import_through_the_cli(
     settings: Settings, redis: ArqRedis, env: dict[str, str], tmp_path: Path, clean_db: None
 ) -> None:
     (settings.import_dir / "customers.csv").write_text(
-        "external_id,email,full_name,country\nc-1,ann@example.com,Ann,GB\nc-2,bob@example.com,Bob,DE\n"
+        "external_id,email,full_name,country\n"
+        "c-1,ann@example.com,Ann,GB\n"
+        "c-2,bob@example.com,Bob,DE\n"
+        "c-3,not-an-email,Cy,FR\n"
     )
     async with worker_process(env, tmp_path, redis=redis, queue=settings.queue_name):
         imported = await etl(
             "enqueue", "import", "--dataset", "customers", "--file", "customers.csv",
-            "--wait", "--json", env=env, cwd=tmp_path,
+            "--max-reject-ratio", "0.5", "--wait", "--json", env=env, cwd=tmp_path,
         )  # fmt: skip
-        assert imported.code == 0, imported.stderr
-        result = json.loads(imported.stdout)
-        assert (result["rows_read"], result["inserted"], result["rejected"]) == (2, 2, 0)
+    assert imported.code == 0, imported.stderr
+    result = json.loads(imported.stdout)
+    assert (result["rows_read"], result["inserted"], result["rejected"]) == (3, 2, 1)
 
+
+async def test_export_through_the_cli(
+    settings: Settings,
+    redis: ArqRedis,
+    engine: AsyncEngine,
+    env: dict[str, str],
+    tmp_path: Path,
+    clean_db: None,
+) -> None:
+    await _insert(
+        engine,
+        "insert into customers (external_id, email, full_name, country, created_at) values"
+        " ('c-1', 'ann@example.com', 'Ann', 'GB', now()),"
+        " ('c-2', 'bob@example.com', 'Bob', 'DE', now())",
+    )
+    async with worker_process(env, tmp_path, redis=redis, queue=settings.queue_name):
         exported = await etl(
             "enqueue", "export", "--dataset", "customers", "--format", "jsonl", "--gzip",
             "--wait", "--json", env=env, cwd=tmp_path,
         )  # fmt: skip
-        assert exported.code == 0, exported.stderr
-        export = json.loads(exported.stdout)
+    assert exported.code == 0, exported.stderr
+    export = json.loads(exported.stdout)
     assert (export["rows"], export["format"], export["compressed"]) == (2, "jsonl", True)
     path = Path(export["path"])
     assert path.is_relative_to(settings.export_dir)
@@ -349,20 +375,17 @@ def _size(path: Path) -> int | None:
 async def test_transfer_arguments_through_the_cli(
     settings: Settings,
     redis: ArqRedis,
+    engine: AsyncEngine,
     env: dict[str, str],
     tmp_path: Path,
     clean_db: None,
 ) -> None:
-    (settings.import_dir / "accounts.csv").write_text(
-        "id,customer_external_id,currency,balance_cents\n1,,EUR,1000\n2,,EUR,0\n"
+    await _insert(
+        engine,
+        "insert into accounts (id, currency, balance_cents) values (1, 'EUR', 1000), (2, 'EUR', 0)",
     )
     transfer_id = str(uuid.uuid4())
     async with worker_process(env, tmp_path, redis=redis, queue=settings.queue_name):
-        loaded = await etl(
-            "enqueue", "import", "--dataset", "accounts", "--file", "accounts.csv", "--wait",
-            env=env, cwd=tmp_path,
-        )  # fmt: skip
-        assert loaded.code == 0, loaded.stderr
         moved = await etl(
             "enqueue", "transfer", "--from", "1", "--to", "2", "--amount", "300",
             "--id", transfer_id, "--wait", "--json", env=env, cwd=tmp_path,
@@ -377,7 +400,10 @@ async def test_transfer_arguments_through_the_cli(
     ]
     assert too_much.code == 0, too_much.stderr
     [outcome] = json.loads(too_much.stdout)["results"]
-    assert (outcome["status"], outcome["reason"]) == ("rejected", "insufficient funds")
+    assert (outcome["status"], outcome["reason"]) == (
+        "rejected",
+        "insufficient funds: from_account holds 700 cents, amount_cents is 5000",
+    )
     assert uuid.UUID(outcome["id"]).version == 4
 
 
