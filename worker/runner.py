@@ -175,6 +175,8 @@ def _counters(result: BaseModel) -> dict[str, Any]:
     """The result's numbers and short strings, for the canonical line."""
     out: dict[str, Any] = {}
     for key, value in result.model_dump(mode="json").items():
+        if key == "event":
+            continue  # structlog's own key
         if isinstance(value, bool | int | float) or (isinstance(value, str) and len(value) < 200):
             out[key] = value
     return out
@@ -224,6 +226,9 @@ async def run_job(
         except asyncio.CancelledError:
             status = "cancelled"
             raise
+        except Retry:
+            status = "retrying"  # the job asked for it itself; arq defers it as asked
+            raise
         except Exception as exc:
             fields = {
                 "error": describe(exc),
@@ -246,9 +251,7 @@ async def run_job(
             fields["retry_in_s"] = round(delay, 2)
             raise Retry(defer=delay) from exc
         finally:
-            log.info(
-                "job.finished",
-                status=status,
-                duration_ms=round((time.perf_counter() - started) * 1000, 1),
-                **fields,
+            fields.update(
+                status=status, duration_ms=round((time.perf_counter() - started) * 1000, 1)
             )
+            log.info("job.finished", **fields)

@@ -73,6 +73,19 @@ async def some_job(run: JobRun, payload: SomePayload) -> SomeResult:
     return SomeResult(ok=True)
 
 
+class StatusResult(BaseModel):
+    status: str
+    event: str
+    rows: int
+
+
+@etl_job(name="odd_result_job", payload=SomePayload, result=StatusResult, timeout_s=5)
+async def odd_result_job(run: JobRun, payload: SomePayload) -> StatusResult:
+    if payload.fail_with == "asks_to_retry":
+        raise Retry(defer=7)
+    return StatusResult(status="done", event="created", rows=3)
+
+
 @etl_job(name="slow_job", payload=SomePayload, result=SomeResult, timeout_s=0.05)
 async def slow_job(run: JobRun, payload: SomePayload) -> SomeResult:
     await asyncio.sleep(5)
@@ -219,3 +232,18 @@ def test_worker_waits_the_shutdown_grace_before_cancelling(unit_settings: Settin
     kwargs = build_worker_settings(graced)
     assert kwargs["job_completion_wait"] == 12.5
     assert kwargs["max_tries"] == 3
+
+
+async def test_a_job_asking_arq_to_retry_is_deferred_as_it_asked(app: AppContext) -> None:
+    with capture_logs() as logs, pytest.raises(Retry) as raised:
+        await odd_result_job.run(arq_ctx(app, job_try=1), fail_with="asks_to_retry")
+    assert raised.value.defer_score == 7000
+    assert finished(logs)["status"] == "retrying"
+
+
+async def test_result_fields_named_like_the_lines_own_do_not_break_it(app: AppContext) -> None:
+    with capture_logs() as logs:
+        result = await odd_result_job.run(arq_ctx(app, job_try=1))
+    assert result == {"status": "done", "event": "created", "rows": 3}
+    line = finished(logs)
+    assert (line["status"], line["rows"]) == ("complete", 3)
