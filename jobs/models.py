@@ -111,9 +111,11 @@ class ExportPayload(Payload):
             try:
                 return datetime.fromisoformat(value)
             except ValueError:
-                raise ValueError("not an ISO-8601 timestamp (e.g. 2026-11-21T00:00:00Z)") from None
+                raise ValueError(
+                    "Input should be a valid datetime in ISO-8601 form, e.g. 2026-11-21T00:00:00Z"
+                ) from None
         if isinstance(value, int | float):
-            raise ValueError("must be an ISO-8601 timestamp string, not a number")
+            raise ValueError("Input should be a valid datetime as an ISO-8601 string, not a number")
         return value
 
 

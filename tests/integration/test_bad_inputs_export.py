@@ -20,6 +20,10 @@ from worker.serialization import JobError
 from worker.settings import Settings
 
 KNOWN = "known: accounts, customers, transfers"
+ISO_8601 = (
+    "invalid payload: since: Input should be a valid datetime in ISO-8601 form,"
+    " e.g. 2026-11-21T00:00:00Z"
+)
 
 
 def written(export_dir: Path) -> list[str]:
@@ -39,15 +43,16 @@ def written(export_dir: Path) -> list[str]:
         ),
         (
             {"dataset": "customers", "since": "yesterday"},
-            "invalid payload: since: not an ISO-8601 timestamp (e.g. 2026-11-21T00:00:00Z)",
+            ISO_8601,
         ),
         (
             {"dataset": "customers", "since": "2026-13-01T00:00:00Z"},
-            "invalid payload: since: not an ISO-8601 timestamp (e.g. 2026-11-21T00:00:00Z)",
+            ISO_8601,
         ),
         (
             {"dataset": "customers", "since": 1700000000},
-            "invalid payload: since: must be an ISO-8601 timestamp string, not a number",
+            "invalid payload: since: Input should be a valid datetime as an ISO-8601 string,"
+            " not a number",
         ),
         (
             {"dataset": "orders"},
