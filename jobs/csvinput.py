@@ -1,0 +1,208 @@
+"""Reading an import file: opening it, gzip, the header row, and lines again by number."""
+
+from __future__ import annotations
+
+import csv
+import gzip
+import hashlib
+import io
+import os
+import stat
+import zlib
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO
+
+from jobs.registry import Dataset
+from worker.errors import InputFileError
+
+READ_BYTES = 1 << 18
+MAX_HEADER_BYTES = 1 << 16
+_BOM = b"\xef\xbb\xbf"
+_GZIP_MAGIC = b"\x1f\x8b"
+
+
+class _Hashing:
+    """A binary file whose bytes are hashed as they are read (gzip reads through it)."""
+
+    def __init__(self, raw: IO[bytes]) -> None:
+        self._raw = raw
+        self.digest = hashlib.sha256()
+
+    def read(self, size: int = -1, /) -> bytes:
+        data = self._raw.read(size)
+        self.digest.update(data)
+        return data
+
+    def seek(self, offset: int, /) -> int:
+        # Reading moves forward only; a seek would make the digest lie.
+        raise io.UnsupportedOperation("an import file is read front to back")
+
+
+class InputReader:
+    """An import file's bytes, decompressed if it is gzip, and the SHA-256 of the file on disk."""
+
+    def __init__(self, path: Path, *, name: str) -> None:
+        self.name = name
+        try:
+            raw = path.open("rb")
+        except FileNotFoundError:
+            raise InputFileError(f"{name}: no such file in the import directory") from None
+        except IsADirectoryError:
+            raise InputFileError(f"{name}: is a directory, not a file") from None
+        except PermissionError:
+            raise InputFileError(f"{name}: cannot be read (permission denied)") from None
+        except OSError as exc:
+            raise InputFileError(f"{name}: cannot be opened ({exc.strerror})") from None
+        self._raw = raw
+        if not stat.S_ISREG(os.fstat(raw.fileno()).st_mode):
+            raw.close()
+            raise InputFileError(f"{name}: is not a regular file")
+        self._hashing = _Hashing(raw)
+        # Sniffed rather than trusted to the name: a gzip file called .csv still loads.
+        gzipped = raw.read(2) == _GZIP_MAGIC
+        raw.seek(0)
+        if name.endswith(".gz") and not gzipped:
+            raw.close()
+            raise InputFileError(f"{name}: not a gzip file, though its name ends in .gz")
+        self.gzipped = gzipped
+        self._stream: _Hashing | gzip.GzipFile = (
+            gzip.GzipFile(fileobj=self._hashing, mode="rb") if gzipped else self._hashing
+        )
+
+    def read(self, size: int | None = None) -> bytes:
+        """Up to `size` (READ_BYTES) bytes of content; b"" at the end."""
+        try:
+            return self._stream.read(READ_BYTES if size is None else size)
+        except EOFError:
+            raise InputFileError(
+                f"{self.name}: the gzip data ends early (truncated file?)"
+            ) from None
+        except (gzip.BadGzipFile, zlib.error) as exc:
+            raise InputFileError(f"{self.name}: the gzip data is corrupt ({exc})") from None
+        except OSError as exc:
+            raise InputFileError(f"{self.name}: read failed ({exc.strerror or exc})") from None
+
+    @property
+    def sha256(self) -> str:
+        """Of the bytes read so far from disk: the whole file once read() has returned b""."""
+        return self._hashing.digest.hexdigest()
+
+    def close(self) -> None:
+        if isinstance(self._stream, gzip.GzipFile):
+            self._stream.close()
+        self._raw.close()
+
+    def __enter__(self) -> InputReader:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+@dataclass(frozen=True, slots=True)
+class Header:
+    columns: tuple[str, ...]
+    rest: bytes
+    """Content read past the header row: the start of line 2."""
+
+
+def read_header(reader: InputReader, dataset: Dataset) -> Header:
+    """Line 1: the column names, checked against the dataset; InputFileError if unusable."""
+    name = reader.name
+    data = b""
+    while b"\n" not in data and len(data) <= MAX_HEADER_BYTES:
+        chunk = reader.read()
+        if not chunk:
+            break
+        data += chunk
+    data = data.removeprefix(_BOM)
+    example = ",".join(dataset.input_columns)
+    if not data.strip(b"\r\n"):
+        raise InputFileError(f"{name}: the file is empty; expected a header row such as {example}")
+    end = data.find(b"\n")
+    if end < 0 and len(data) > MAX_HEADER_BYTES:
+        raise InputFileError(
+            f"{name}: line 1 is longer than {MAX_HEADER_BYTES} bytes; expected a header row "
+            f"such as {example}"
+        )
+    line, rest = (data, b"") if end < 0 else (data[:end], data[end + 1 :])
+    line = line.removesuffix(b"\r")
+    if b"\r" in line:
+        raise InputFileError(
+            f"{name}: lines end with a bare carriage return; save the file with \\n or \\r\\n "
+            "line endings"
+        )
+    if b"\x00" in line:
+        raise InputFileError(f"{name}: the header row (line 1) holds a NUL byte")
+    try:
+        text = line.decode("utf-8")
+    except UnicodeDecodeError:
+        raise InputFileError(f"{name}: the header row (line 1) is not valid UTF-8") from None
+    try:
+        fields = next(csv.reader([text], strict=True))
+    except csv.Error as exc:
+        raise InputFileError(f"{name}: the header row (line 1) is not valid CSV ({exc})") from None
+    return Header(columns=check_columns([f.strip() for f in fields], dataset, name=name), rest=rest)
+
+
+def check_columns(names: list[str], dataset: Dataset, *, name: str) -> tuple[str, ...]:
+    allowed = ", ".join(dataset.input_columns)
+    if not any(names):
+        raise InputFileError(f"{name}: the header row (line 1) is empty; expected {allowed}")
+    seen: set[str] = set()
+    for column in names:
+        if column not in dataset.input_columns:
+            raise InputFileError(
+                f"{name}: unknown column {column[:64]!r} in the header; "
+                f"{dataset.name} files take {allowed}"
+            )
+        if column in seen:
+            raise InputFileError(f"{name}: column {column!r} appears twice in the header")
+        seen.add(column)
+    required = [c for c in dataset.input_columns if c in dataset.required_columns]
+    missing = [c for c in required if c not in seen]
+    if missing:
+        raise InputFileError(
+            f"{name}: missing required column {missing[0]!r} in the header; "
+            f"{dataset.name} files need {', '.join(required)}"
+        )
+    return tuple(names)
+
+
+def fetch_lines(path: Path, *, name: str, wanted: Mapping[int, int]) -> dict[int, bytes]:
+    """The raw bytes of the records starting at the `wanted` lines (line -> how many lines).
+
+    Line terminators are left out, and so is the \\r of a \\r\\n ending; a record spanning lines
+    keeps the \\n between them.
+    """
+    found: dict[int, bytes] = {}
+    if not wanted:
+        return found
+    last = max(line + count - 1 for line, count in wanted.items())
+    open_records: dict[int, list[bytes]] = {}
+    line_no = 0
+    pending = b""
+    with InputReader(path, name=name) as reader:
+        while line_no < last:
+            chunk = reader.read()
+            if chunk:
+                pending += chunk
+                *lines, pending = pending.split(b"\n")
+            else:
+                lines, pending = ([pending] if pending else []), b""
+            for line in lines:
+                line_no += 1
+                if line_no in wanted:
+                    open_records[line_no] = []
+                for start, parts in list(open_records.items()):
+                    parts.append(line)
+                    if len(parts) == wanted[start]:
+                        found[start] = b"\n".join(parts).removesuffix(b"\r")
+                        del open_records[start]
+            if not chunk:
+                break
+    for start, parts in open_records.items():  # cut short by the end of the file
+        found[start] = b"\n".join(parts).removesuffix(b"\r")
+    return found

@@ -1,0 +1,184 @@
+"""The SQL that moves validated rows into a dataset's table, shared by import_file and upsert_rows.
+
+Rows first land in a source with a `rec` column numbering them in input order (an import's temp
+table, or upsert_rows' unnested arrays); one INSERT ... SELECT then writes them, so the database
+does the work set-based:
+
+- upsert: ON CONFLICT (key) DO UPDATE, rows deduplicated first (the last occurrence of a key wins;
+  ON CONFLICT DO UPDATE fails if one statement touches a key twice). A row equal to the stored one
+  is not written: its updated_at stays, and it counts as unchanged, not updated.
+- insert: ON CONFLICT (key) DO NOTHING, last occurrence first, so it is the one that lands.
+
+An empty created_at means "now" for a new row but leaves a stored row's created_at alone, so
+importing the same file twice leaves the same table.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    Column,
+    ColumnElement,
+    FromClause,
+    Identity,
+    MetaData,
+    Select,
+    String,
+    Table,
+    delete,
+    exists,
+    func,
+    literal_column,
+    select,
+    tuple_,
+)
+from sqlalchemy.dialects.postgresql import Insert, distinct_on
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.sql.dml import ReturningDelete
+
+from jobs.registry import Dataset
+
+# Columns whose empty value means "now" on insert and "keep what is stored" on update.
+DEFAULT_NOW = frozenset({"created_at"})
+STAGE_NAME = "import_stage"
+
+
+def staging_table(dataset: Dataset, columns: Sequence[str]) -> Table:
+    """A temp table for the file's columns, typed like the target but without its constraints.
+
+    Built column by column: `CREATE TEMP TABLE ... (LIKE target)` would copy NOT NULL and the
+    identity column, and COPY of rows without `id` into it would fail.
+    """
+    return Table(
+        STAGE_NAME,
+        MetaData(),
+        Column("rec", BigInteger, Identity(always=True), nullable=False),
+        *(Column(name, dataset.table.c[name].type) for name in columns),
+        prefixes=["TEMPORARY"],
+        postgresql_on_commit="DROP",
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class Reference:
+    """A column that must name an existing row elsewhere (accounts.customer_external_id)."""
+
+    column: str
+    table: Table
+    target: str
+
+    @property
+    def reason(self) -> str:
+        return f"{self.column}: no row in {self.table.name} has this {self.target}"
+
+
+def references(dataset: Dataset) -> list[Reference]:
+    return [
+        Reference(column=fk.parent.name, table=fk.column.table, target=fk.column.name)
+        for fk in sorted(dataset.table.foreign_keys, key=lambda fk: fk.parent.name)
+        if fk.parent.name in dataset.input_columns
+    ]
+
+
+def drop_unknown_references(stage: Table, ref: Reference) -> ReturningDelete[*tuple[Any, ...]]:
+    """Remove staged rows naming no existing row; RETURNING their `rec`."""
+    owner = ref.table.c[ref.target]
+    return (
+        delete(stage)
+        .where(
+            stage.c[ref.column].is_not(None),
+            ~exists().where(owner == stage.c[ref.column]),
+        )
+        .returning(stage.c.rec)
+    )
+
+
+def count_without(stage: FromClause, column: str) -> Select[int, int]:
+    """(rows, rows whose `column` is NULL) in the source."""
+    return select(
+        func.count(),
+        func.count().filter(stage.c[column].is_(None)),
+    ).select_from(stage)
+
+
+def _key(dataset: Dataset, source: FromClause) -> ColumnElement[Any]:
+    key = source.c[dataset.key]
+    # Byte order sorts text keys fastest; any order groups equal keys together.
+    return key.collate("C") if isinstance(dataset.table.c[dataset.key].type, String) else key
+
+
+def _insert_columns(dataset: Dataset, staged: Sequence[str]) -> list[str]:
+    return [
+        c
+        for c in dataset.input_columns
+        if c in staged or (c in DEFAULT_NOW and c in dataset.table.c)
+    ]
+
+
+def _value(source: FromClause, column: str, staged: Sequence[str]) -> ColumnElement[Any]:
+    if column in DEFAULT_NOW:
+        return func.coalesce(source.c[column], func.now()) if column in staged else func.now()
+    return source.c[column]
+
+
+def upsert(
+    dataset: Dataset,
+    source: FromClause,
+    staged: Sequence[str],
+    *,
+    given: bool | None,
+) -> Select[int, int]:
+    """INSERT ... ON CONFLICT DO UPDATE of the source's rows; selects (inserted, updated).
+
+    `given`: None writes every row, with created_at updated only if the source has that column;
+    True / False write only the rows whose created_at is given / empty (and update created_at
+    only for the former): the two halves of a file where some rows have it and some do not.
+    """
+    table = dataset.table
+    key = _key(dataset, source)
+    columns = _insert_columns(dataset, staged)
+    latest = (
+        select(source.c.rec, *(source.c[c] for c in staged))
+        .ext(distinct_on(key))
+        .order_by(key, source.c.rec.desc())
+        .subquery("latest")
+    )
+    rows = select(*(_value(latest, c, staged) for c in columns))
+    default_now = [c for c in staged if c in DEFAULT_NOW]
+    if given is not None:
+        rows = rows.where(
+            *(latest.c[c].is_not(None) if given else latest.c[c].is_(None) for c in default_now)
+        )
+    stmt = pg_insert(table).from_select(columns, rows)
+    keep = {c for c in DEFAULT_NOW if c not in staged or given is False}
+    updated = [c for c in columns if c != dataset.key and c not in keep]
+    set_: dict[str, ColumnElement[Any]] = {c: stmt.excluded[c] for c in updated}
+    set_["updated_at"] = func.now()
+    stmt = stmt.on_conflict_do_update(
+        index_elements=[table.c[dataset.key]],
+        set_=set_,
+        where=tuple_(*(table.c[c] for c in updated)).is_distinct_from(
+            tuple_(*(stmt.excluded[c] for c in updated))
+        ),
+    )
+    written = stmt.returning(literal_column("xmax = 0", Boolean).label("fresh")).cte("written")
+    return select(
+        func.count().filter(written.c.fresh),
+        func.count().filter(~written.c.fresh),
+    )
+
+
+def insert_new(dataset: Dataset, source: FromClause, staged: Sequence[str]) -> Insert:
+    """INSERT ... ON CONFLICT DO NOTHING, last occurrence first; rowcount: the rows inserted."""
+    columns = _insert_columns(dataset, staged)
+    rows = select(*(_value(source, c, staged) for c in columns)).order_by(source.c.rec.desc())
+    return (
+        pg_insert(dataset.table)
+        .from_select(columns, rows)
+        .on_conflict_do_nothing(index_elements=[dataset.table.c[dataset.key]])
+    )

@@ -1,0 +1,178 @@
+"""The clean-line patterns accept only lines the row rules accept unchanged."""
+
+from __future__ import annotations
+
+import csv
+import random
+from datetime import UTC, datetime
+
+import pytest
+
+from jobs.cleanlines import CleanLines
+from jobs.validation import RowRejected, parse_timestamp, validate_account, validate_customer
+
+NOW = datetime(2026, 11, 21, tzinfo=UTC)
+CUSTOMER_COLUMNS = ("external_id", "email", "full_name", "country", "created_at")
+ACCOUNT_COLUMNS = ("id", "customer_external_id", "currency", "balance_cents")
+
+
+@pytest.mark.parametrize(
+    "line",
+    [
+        b"c1,ada@example.com,Ada Lovelace,GB,2020-01-01T00:00:17Z",
+        b'c1,ada@example.com,"Ritchie, Jr.",GB,2020-01-01T00:00:17Z\r',
+        b'"c1","ada@example.com","Ada ""The Countess"" L",GB,2024-02-29',
+        b"c1,ada@mail.example.co,Zo\xc3\xab \tX,GB,2024-01-31 23:59:59.123456+14:00",
+        b"c1,a.b+c@x.io,Ada,GB,2023-12-31T10:00-0530",
+    ],
+)
+def test_clean_customer_lines(line: bytes) -> None:
+    assert CleanLines("customers", CUSTOMER_COLUMNS, may_be_empty=frozenset()).line(line)
+
+
+@pytest.mark.parametrize(
+    ("line", "why"),
+    [
+        (b"c1,Ada@example.com,Ada,GB,2020-01-01", "upper case in the e-mail"),
+        (b"c1,ada@example.com,Ada,gb,2020-01-01", "lower-case country"),
+        (b" c1,ada@example.com,Ada,GB,2020-01-01", "space to trim"),
+        (b"c1,ada@example.com,Ada ,GB,2020-01-01", "space to trim"),
+        (b"c1,ada@example.com,\xc2\xa0Ada,GB,2020-01-01", "non-ASCII space to trim"),
+        (b"c1,ada@example.com,Ada,GB,", "empty created_at: a default is due"),
+        (b'c1,ada@example.com,Ada,GB,""', "quoted empty created_at"),
+        (b"c1,ada@example.com,Ada,GB,2023-02-29", "no such day"),
+        (b"c1,ada@example.com,Ada,GB,2024-04-31", "no such day"),
+        (b"c1,ada@example.com,Ada,GB,0001-01-01T00:00+01:00", "before year 1 in UTC"),
+        (b"c1,ada@example.com,Ada,GB,2020-01-01T10:00+15:00", "offset PostgreSQL may refuse"),
+        (b"c1,ada@example.com,Ada,GB,20200101", "not the extended form"),
+        (b"c1,ada@example.com,Ada,GB,2020-01-01,extra", "a field too many"),
+        (b"c1,ada@example.com,Ada,GB", "a field too few"),
+        (b"c1,ada@example.com,A\x00da,GB,2020-01-01", "NUL"),
+        (b"c1,ada@example.com,A\xffda,GB,2020-01-01", "not UTF-8"),
+        (b'c1,ada@example.com,"Ada,GB,2020-01-01', "open quote"),
+        (b"c1,ada@example.com,Ada\rX,GB,2020-01-01", "bare carriage return"),
+        (b"c1,ada@@example.com,Ada,GB,2020-01-01", "two @"),
+        (b"c1,ada@localhost,Ada,GB,2020-01-01", "no dot in the domain"),
+        (b"," + b"x" * 65 + b",Ada,GB,2020-01-01", "long external_id"),
+        (b"c1,ada@example.com," + b"x" * 201 + b",GB,2020-01-01", "long name"),
+        (b"\\.", "COPY's end-of-data marker"),
+    ],
+)
+def test_lines_left_to_the_rules(line: bytes, why: str) -> None:
+    assert not CleanLines("customers", CUSTOMER_COLUMNS, may_be_empty=frozenset()).line(line), why
+
+
+def test_empty_optional_field_only_where_null_is_wanted() -> None:
+    line = b"c1,ada@example.com,Ada,GB,"
+    assert CleanLines("customers", CUSTOMER_COLUMNS, may_be_empty=frozenset({"created_at"})).line(
+        line
+    )
+    accounts = CleanLines("accounts", ACCOUNT_COLUMNS, may_be_empty=frozenset())
+    assert accounts.line(b"7,,EUR,0")
+    assert not accounts.line(b'7,"",EUR,0')
+    assert not accounts.line(b"07,c1,EUR,0")
+    assert not accounts.line(b"7,c1,EUR,-1")
+    assert not accounts.line(b"7,c1,EUR,+1")
+    assert not accounts.line(b"0,c1,EUR,1")
+    assert not accounts.line(b"1" * 19 + b",c1,EUR,1")
+
+
+def test_whole_block() -> None:
+    clean = CleanLines("customers", CUSTOMER_COLUMNS, may_be_empty=frozenset())
+    good = b"c1,ada@example.com,Ada,GB,2020-01-01\r\nc2,bob@example.com,Bob,DE,2020-01-02\n"
+    assert clean.whole_block(good)
+    assert not clean.whole_block(good + b"c3,bad,Bob,DE,2020-01-02\n")
+    assert not clean.whole_block(good + b"c3,bob@example.com,B\xffb,DE,2020-01-02\n")
+
+
+# Fuzzing: random lines from pieces that are valid, nearly valid and plainly wrong. Every line
+# the patterns accept must pass the rules, and the rules must store exactly what COPY will read.
+
+TEXT_PIECES = [
+    "a", "Z", "0", ".", "-", "_", "+", "@", " ", "\t", '"', ",", "'", "é", "\u00a0", "\u3000",
+    "\\", "x" * 60, "\x0b", "\x1f", "~", "[", "!",
+]  # fmt: skip
+TIMESTAMPS = [
+    "2020-01-01", "2020-01-01T00:00:17Z", "2024-02-29", "2023-02-29", "2100-02-29", "2000-02-29",
+    "0001-01-01", "9999-12-31T23:59:59-05:00", "2020-12-31 23:59:59.5+14:00", "2020-06-31",
+    "2020-01-01T24:00", "2020-01-01T10:00+1530", "2020-01-01T10:00:00.1234567", "",
+    "2020-01-01T10:00:00+05", "2020-01-01T10:00:00-0000", " 2020-01-01", "2020-1-1",
+]  # fmt: skip
+
+
+def random_text(rng: random.Random) -> str:
+    return "".join(rng.choice(TEXT_PIECES) for _ in range(rng.randint(0, 5)))
+
+
+VALID = {
+    "external_id": ["c1", "C-0000000001", "x" * 64, "a.b_c~!", "9"],
+    "email": ["ada@example.com", "a.b+c@mail.example.co", "x@y.z", "o'neil@ex-ample.org"],
+    "full_name": ["Ada", "Donald Ritchie, Jr.", "O'Neil", "Zoé Quinn", "A\tB", "x" * 200],
+    "country": ["GB", "DE"],
+    "created_at": ["2020-01-01T00:00:17Z", "2024-02-29", "2020-12-31 23:59:59.5+14:00"],
+    "id": ["1", "7", "9" * 18],
+    "customer_external_id": ["c1", ""],
+    "currency": ["EUR", "USD"],
+    "balance_cents": ["0", "100", "9" * 18],
+}
+
+
+def random_field(rng: random.Random, column: str) -> str:
+    if rng.random() < 0.8:
+        value = rng.choice(VALID[column])
+        if rng.random() < 0.5:  # spoil it a little
+            at = rng.randint(0, len(value))
+            value = value[:at] + rng.choice(TEXT_PIECES) + value[at:]
+        return value
+    if column == "created_at":
+        return rng.choice(TIMESTAMPS)
+    if column in ("country", "currency"):
+        return rng.choice(["GB", "gb", "GBR", "EUR", "eu", "G", "12", "É€"])
+    if column in ("id", "balance_cents"):
+        return rng.choice(["7", "0", "-1", "+3", "007", "1" * 18, "1" * 19, "1.5", "x", ""])
+    return random_text(rng)
+
+
+def encode(rng: random.Random, value: str) -> str:
+    if rng.random() < 0.3 or any(c in value for c in ',"\r\n'):
+        return '"' + value.replace('"', '""') + '"'
+    return value
+
+
+@pytest.mark.parametrize(
+    ("dataset", "columns"), [("customers", CUSTOMER_COLUMNS), ("accounts", ACCOUNT_COLUMNS)]
+)
+def test_every_accepted_line_passes_the_rules_unchanged(
+    dataset: str, columns: tuple[str, ...]
+) -> None:
+    rng = random.Random(20261121)
+    validate = validate_customer if dataset == "customers" else validate_account
+    for may_be_empty in (frozenset(), frozenset({"created_at"})):
+        clean = CleanLines(dataset, columns, may_be_empty=may_be_empty)
+        accepted = 0
+        for _ in range(20_000):
+            fields = [random_field(rng, c) for c in columns]
+            line = ",".join(encode(rng, f) for f in fields).encode()
+            if not clean.line(line):
+                continue
+            accepted += 1
+            parsed = next(csv.reader([line.decode()], strict=True))
+            row = dict(zip(columns, parsed, strict=True))
+            try:
+                values = validate(row, now=NOW)
+            except RowRejected as exc:
+                pytest.fail(f"accepted {line!r}, but the rules say {exc}")
+            for column, text in row.items():
+                stored = values[column]
+                if column == "created_at":
+                    if not text:  # NULL to COPY: only where the loader fills it in
+                        assert column in may_be_empty, line
+                    else:
+                        assert stored == parse_timestamp(text, column), line
+                elif column in ("id", "balance_cents"):
+                    assert stored == int(text), line
+                elif column == "customer_external_id" and not text:
+                    assert stored is None, line
+                else:
+                    assert stored == text, line
+        assert accepted > 1000  # the fuzzing reached the fast path
