@@ -88,9 +88,12 @@ class Scanner:
         columns: Sequence[str],
         check: RowCheck,
         clean: CleanLines | None,
+        name: str = "file",
         first_line: int = 2,
     ) -> None:
         self.columns = tuple(columns)
+        self.name = name
+        """The file's name, for messages."""
         self._check = check
         self._clean = clean
         self.line = first_line
@@ -144,8 +147,8 @@ class Scanner:
     def _check_held(self) -> None:
         if self._held > MAX_RECORD_BYTES:
             raise InputFileError(
-                f"line {self.line}: a record runs on for more than {MAX_RECORD_BYTES >> 20} MiB; "
-                "is a quote left open?"
+                f"{self.name}: line {self.line}: a record runs on for more than "
+                f"{MAX_RECORD_BYTES >> 20} MiB; is a quote left open?"
             )
 
     # mapping COPY's records back to lines
@@ -237,7 +240,8 @@ class Scanner:
                 if not final:
                     return 0
                 raise InputFileError(
-                    f"line {self.line}: a quoted field opened on this line is never closed"
+                    f"{self.name}: line {self.line}: a quoted field opened on this line is never "
+                    "closed"
                 ) from None
             error = str(exc)
         raw = b"\n".join(lines[start : start + used]).removesuffix(b"\r")

@@ -168,7 +168,7 @@ class _Import:
     def _direct_fits(self) -> bool:
         """Insert mode, no references to check, and every NOT NULL column without a default
         present in the file: COPY into the table itself can then do what the rules ask."""
-        if self.mode != "insert" or references(self.dataset):
+        if self.mode != "insert" or references(self.dataset, self.columns):
             return False
         needed = {
             c.name
@@ -215,7 +215,7 @@ class _Import:
         with _closed_on_error(self._reject_log()) as rejects:
             sha256 = await self._copy(driver, table=STAGE_NAME, scanner=scanner, rejects=rejects)
             valid = scanner.forwarded
-            for ref in references(self.dataset):
+            for ref in references(self.dataset, self.columns):
                 recs = list((await conn.execute(drop_unknown_references(stage, ref))).scalars())
                 valid -= len(recs)
                 rejects.add(await self._fetch_rejects(scanner, recs, reason=ref.reason))
@@ -266,7 +266,9 @@ class _Import:
         if FAST_PATH and cleanlines.supported(self.dataset.name, self.columns):
             nullable = frozenset() if fill_defaults else DEFAULT_NOW & set(self.columns)
             clean = cleanlines.CleanLines(self.dataset.name, self.columns, may_be_empty=nullable)
-        return Scanner(columns=self.columns, check=self._check(now, fill_defaults), clean=clean)
+        return Scanner(
+            columns=self.columns, check=self._check(now, fill_defaults), clean=clean, name=self.name
+        )
 
     def _check(self, now: datetime, fill_defaults: bool) -> RowCheck:
         dataset = self.dataset

@@ -77,11 +77,12 @@ class Reference:
         return f"{self.column}: no row in {self.table.name} has this {self.target}"
 
 
-def references(dataset: Dataset) -> list[Reference]:
+def references(dataset: Dataset, columns: Sequence[str]) -> list[Reference]:
+    """The references among `columns` (the ones a file or a payload row carries)."""
     return [
         Reference(column=fk.parent.name, table=fk.column.table, target=fk.column.name)
         for fk in sorted(dataset.table.foreign_keys, key=lambda fk: fk.parent.name)
-        if fk.parent.name in dataset.input_columns
+        if fk.parent.name in columns
     ]
 
 

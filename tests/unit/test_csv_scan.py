@@ -172,7 +172,7 @@ def test_a_quoted_field_may_span_lines() -> None:
 def test_a_quote_never_closed_fails_the_file() -> None:
     data = GOOD[1] + b'\nc5,e@example.com,"open,GB,2020-01-01\n' + GOOD[0] + b"\n" + GOOD[2]
     with pytest.raises(
-        InputFileError, match=r"^line 3: a quoted field opened on this line is never closed$"
+        InputFileError, match=r"^file: line 3: a quoted field opened on this line is never closed$"
     ):
         scan(data)
 
@@ -180,7 +180,7 @@ def test_a_quote_never_closed_fails_the_file() -> None:
 def test_a_record_running_on_too_long_fails_the_file(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(csvscan, "MAX_RECORD_BYTES", 1000)
     data = GOOD[0] + b'\nc5,e@example.com,"open' + b"\nmore" * 500
-    with pytest.raises(InputFileError, match=r"^line 3: a record runs on for more than"):
+    with pytest.raises(InputFileError, match=r"^file: line 3: a record runs on for more than"):
         scan(data, pieces=50)
 
 
