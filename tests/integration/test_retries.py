@@ -22,6 +22,7 @@ from structlog.testing import capture_logs
 from jobs.models import Payload
 from tests.integration.worker_helpers import run_burst
 from worker.main import functions
+from worker.redis import connect
 from worker.runner import JobRun, etl_job
 from worker.settings import Settings
 
@@ -289,11 +290,16 @@ async def test_a_running_job_holds_its_in_progress_key_for_requeue_after_only(
     job_id = await enqueue(redis, settings, "hold", key="x")
     burst = asyncio.create_task(run_burst(settings, redis, functions=with_test_jobs(settings)))
     ttls: list[int] = []
-    while not burst.done():
-        ttl = await redis.pttl(in_progress_key_prefix + job_id)
-        if ttl > 0:
-            ttls.append(ttl)
-        await asyncio.sleep(0.05)
+    # A pool of its own: the burst worker closes the one it was given when it stops.
+    watcher = await connect(settings)
+    try:
+        while not burst.done():
+            ttl = await watcher.pttl(in_progress_key_prefix + job_id)
+            if ttl > 0:
+                ttls.append(ttl)
+            await asyncio.sleep(0.05)
+    finally:
+        await watcher.aclose()
     worker = await burst
     assert worker.jobs_complete == 1
     assert ttls, "the job's in-progress key was never seen"
@@ -301,3 +307,41 @@ async def test_a_running_job_holds_its_in_progress_key_for_requeue_after_only(
     # Extended while the job runs (every third of the 5 s), so never near expiry.
     assert min(ttls) > 5000 - 1700 - 200
     assert await redis.exists(in_progress_key_prefix + job_id) == 0
+
+
+async def test_import_permanent_failures_fail_on_the_first_try_with_their_error_kept(
+    settings: Settings, redis: ArqRedis, engine: AsyncEngine, clean_db: None
+) -> None:
+    inbox = settings.import_dir
+    lines = ["external_id,email,full_name,country"]
+    lines += [f"c{n},c{n}@example.com,C {n},{'FR' if n % 2 else 'FRANCE'}" for n in range(100)]
+    (inbox / "half_bad.csv").write_text("\n".join(lines) + "\n")
+    (inbox.parent / "outside.csv").write_text(lines[0] + "\n")
+    jobs = {
+        "outside": await enqueue(
+            redis, settings, "import_file", dataset="customers", path="../outside.csv"
+        ),
+        "missing": await enqueue(
+            redis, settings, "import_file", dataset="customers", path="missing.csv"
+        ),
+        "rejects": await enqueue(
+            redis, settings, "import_file", dataset="customers", path="half_bad.csv"
+        ),
+    }
+    worker = await run_burst(settings, redis)
+    assert (worker.jobs_complete, worker.jobs_retried, worker.jobs_failed) == (0, 0, 3)
+    errors = {}
+    for name, job_id in jobs.items():
+        record = await stored_result(redis, job_id)
+        assert (record["s"], record["t"]) == (False, 1), name
+        errors[name] = record["r"]
+    assert errors["outside"]["__error__"] == "PathNotAllowed"
+    assert "../outside.csv" in errors["outside"]["message"]
+    assert errors["missing"]["__error__"] == "InputFileError"
+    assert "missing.csv" in errors["missing"]["message"]
+    assert errors["rejects"]["__error__"] == "TooManyRejects"
+    assert "50" in errors["rejects"]["message"]
+    for error in errors.values():
+        assert "\n" not in error["message"]
+    async with engine.connect() as conn:
+        assert await conn.scalar(text("select count(*) from customers")) == 0
