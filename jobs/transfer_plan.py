@@ -51,6 +51,8 @@ AccountRow = tuple[int, int, str]
 
 @dataclass(frozen=True, slots=True)
 class Decision:
+    """One transfer's outcome and, unless it was applied, why."""
+
     status: Status
     reason: str | None = None
 

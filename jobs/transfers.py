@@ -117,6 +117,7 @@ async def transfer_funds(run: JobRun, payload: TransferPayload) -> TransferResul
 
 
 def summarise(transfers: Sequence[TransferItem], decisions: Sequence[Decision]) -> TransferResult:
+    """The job's result: counts, and each transfer's outcome in input order."""
     counts = {"applied": 0, "rejected": 0, "duplicate": 0}
     results = []
     for transfer, decision in zip(transfers, decisions, strict=True):
@@ -167,6 +168,7 @@ async def apply_batch(run: JobRun, transfers: Sequence[TransferItem]) -> list[De
 
 
 async def recorded_ids(driver: Any, transfers: Sequence[TransferItem]) -> set[UUID]:
+    """Which of the batch's ids the ledger holds already."""
     rows = await driver.fetch(RECORDED_IDS, _joined_ids([transfer.id for transfer in transfers]))
     return {row[0] for row in rows}
 
