@@ -4,10 +4,12 @@ Sample files go into the import dir; an in-process worker runs the jobs: an impo
 (a few rows deliberately bad), an import of their accounts, a batch of transfers (some rejected),
 an upsert, and an export. The summary says what each did.
 
-Run twice, it still works and changes nothing: the sample rows have fixed keys, so the second
-import finds them unchanged, and the transfers have fixed ids, so the second run reports them as
-`duplicate` instead of moving the money again (fresh ids would drain the accounts run after run
-and make every run's numbers different).
+Run twice, it still works and changes nothing. The sample rows have fixed keys and are imported
+with mode=insert, which adds new rows and leaves rows already there alone, so the accounts keep the
+balances the first run's transfers left. The transfers have fixed ids, so the second run reports
+them as `duplicate` instead of moving the money again: fresh ids would drain the accounts run
+after run and make every run's numbers different, and re-importing balances (mode=upsert) would
+put money back that the recorded transfers say has moved.
 """
 
 from __future__ import annotations
@@ -219,12 +221,15 @@ async def scenario(settings: Settings, *, say: Callable[[str], None]) -> dict[st
             for dataset, name in (("customers", CUSTOMERS_FILE), ("accounts", ACCOUNTS_FILE)):
                 step = f"import {dataset}"
                 say(f"{step} from {name}")
-                job = await etl.import_file(ImportFilePayload(dataset=dataset, path=name))
+                job = await etl.import_file(
+                    ImportFilePayload(dataset=dataset, path=name, mode="insert")
+                )
                 imported = await finish(job)
                 assert isinstance(imported, ImportResult)
                 summary["imports"].append(
                     {
                         "file": name,
+                        "mode": "insert",
                         **imported.model_dump(mode="json"),
                         "rejects": await _import_rejects(settings, imported.import_id),
                     }
@@ -281,7 +286,7 @@ def summary_lines(summary: dict[str, Any]) -> list[str]:
     for imp in summary.get("imports", []):
         lines.append(
             f"import {imp['dataset']} ({imp['file']}): {imp['rows_read']} rows read, "
-            f"{imp['inserted']} inserted, {imp['updated']} updated, {imp['skipped']} unchanged, "
+            f"{imp['inserted']} inserted, {imp['skipped']} already there, "
             f"{imp['rejected']} rejected"
         )
         lines += [f"    line {r['line']}: {r['reason']}" for r in imp["rejects"]]
@@ -289,7 +294,8 @@ def summary_lines(summary: dict[str, Any]) -> list[str]:
         t = summary["transfers"]
         lines.append(
             f"transfers: {t['applied']} applied, {t['rejected']} rejected, "
-            f"{t['duplicate']} duplicate (already applied by an earlier run)"
+            f"{t['duplicate']} duplicate"
+            + (" (recorded by an earlier run: not applied again)" if t["duplicate"] else "")
         )
         lines += [f"    rejected, {reason}: {count}" for reason, count in t["reasons"].items()]
     if "upsert" in summary:
@@ -298,7 +304,7 @@ def summary_lines(summary: dict[str, Any]) -> list[str]:
             f"upsert {u['dataset']}: {u['inserted']} inserted, {u['updated']} updated, "
             f"{u['rejected']} rejected"
         )
-        lines += [f"    row {r['index']}: {r['reason']}" for r in u["rejects"]]
+        lines += [f"    rows[{r['index']}]: {r['reason']}" for r in u["rejects"]]
     if "export" in summary:
         e = summary["export"]
         lines.append(f"export {e['dataset']}: {e['rows']} rows, {e['bytes']} bytes -> {e['path']}")
