@@ -248,13 +248,14 @@ async def _run_worker(settings: Settings, *, burst: bool) -> None:
 
     # arq's Worker directly, not arq's CLI, which would reconfigure logging.
     worker = Worker(**build_worker_settings(settings), burst=burst)
-    try:
-        with reaching("Redis", settings.redis_url):
+    # Closing talks to Redis too (it removes the health key): a Redis gone by then is one line.
+    with reaching("Redis", settings.redis_url):
+        try:
             await worker.async_run()
-    except asyncio.CancelledError:
-        pass  # SIGINT / SIGTERM: arq cancelled its main task once running jobs had finished
-    finally:
-        await worker.close()
+        except asyncio.CancelledError:
+            pass  # SIGINT / SIGTERM: arq cancelled its main task once running jobs had finished
+        finally:
+            await worker.close()
 
 
 def cmd_check(settings: Settings, args: argparse.Namespace) -> int:
