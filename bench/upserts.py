@@ -11,7 +11,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import func
+from sqlalchemy import func, tuple_
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 
 from bench.context import BenchContext
@@ -42,11 +42,19 @@ commit;
 
 
 def executemany_statement() -> Any:
-    """The upsert as SQLAlchemy writes it: insert().on_conflict_do_update() on the natural key."""
+    """The job's upsert as SQLAlchemy writes it for one row at a time: insert() ON CONFLICT on the
+    natural key, updating the other columns only when one of them differs (as the job does)."""
     stmt = pg_insert(customers)
-    updates: dict[str, Any] = {c: stmt.excluded[c] for c in CUSTOMER_COLUMNS if c != "external_id"}
+    changed = [c for c in CUSTOMER_COLUMNS if c != "external_id"]
+    updates: dict[str, Any] = {c: stmt.excluded[c] for c in changed}
     updates["updated_at"] = func.now()
-    return stmt.on_conflict_do_update(index_elements=[customers.c.external_id], set_=updates)
+    return stmt.on_conflict_do_update(
+        index_elements=[customers.c.external_id],
+        set_=updates,
+        where=tuple_(*(customers.c[c] for c in changed)).is_distinct_from(
+            tuple_(*(stmt.excluded[c] for c in changed))
+        ),
+    )
 
 
 def chunks(rows: list[dict[str, Any]], size: int) -> list[list[dict[str, Any]]]:
