@@ -93,61 +93,102 @@ async def _no_prepare() -> None:
     return None
 
 
+@dataclass(frozen=True)
+class Baseline:
+    """What a subject is held against, and the name of the row that comparison makes."""
+
+    scenario: str
+    name: str
+    run: Run
+    target: float | None
+
+
+@dataclass
+class _Side:
+    """One side of a comparison: its runs so far, or the error that stopped it."""
+
+    label: str
+    runs: list[Measured] = field(default_factory=list)
+    error: str | None = None
+
+    async def measure(self, run: Run, prepare: Prepare, *, number: int, rounds: int) -> None:
+        if self.error is not None:
+            return
+        say(f"  {self.label}, round {number}/{rounds}")
+        await prepare()
+        try:
+            self.runs.append(await run())
+        except Exception as exc:
+            self.error = error_text(exc)
+            say(f"  {self.label}: FAILED {self.error}")
+            if not isinstance(exc, BenchError | NotImplementedError):
+                traceback.print_exc(file=sys.stderr)
+
+    def median_rate(self) -> float | None:
+        if self.error is not None or not self.runs:
+            return None
+        return statistics.median(m.rate for m in self.runs)
+
+
+async def compare_all(
+    *,
+    rows: int,
+    rounds: int,
+    subject: Run,
+    baselines: list[Baseline],
+    prepare: Prepare = _no_prepare,
+) -> list[Row]:
+    """Run `subject` and each baseline in turn, `rounds` times, each from the same prepared state;
+    one row per baseline.
+
+    Alternating spreads the machine's drift (other load, caches, autovacuum) over all sides, and
+    sharing the subject's runs between baselines saves running the same job again. The numbers
+    are medians. A failing subject gives error rows whose baselines are still measured, so they
+    show what the job will be held against.
+    """
+    ours = _Side(baselines[0].scenario)
+    theirs = [_Side(f"{b.scenario}: baseline {b.name}") for b in baselines]
+    for number in range(1, rounds + 1):
+        await ours.measure(subject, prepare, number=number, rounds=rounds)
+        for baseline, side in zip(baselines, theirs, strict=True):
+            await side.measure(baseline.run, prepare, number=number, rounds=rounds)
+    out: list[Row] = []
+    for baseline, side in zip(baselines, theirs, strict=True):
+        row = Row(scenario=baseline.scenario, rows=rows, baseline=baseline.name,
+                  target=baseline.target)  # fmt: skip
+        if ours.median_rate() is not None:
+            row.rows = ours.runs[0].rows
+            row.seconds = statistics.median(m.seconds for m in ours.runs)
+            row.rate = ours.median_rate()
+            peaks = [m.peak_rss_mb for m in ours.runs if m.peak_rss_mb is not None]
+            row.peak_rss_mb = max(peaks) if peaks else None
+        row.baseline_rate = side.median_rate()
+        if row.rate and row.baseline_rate:
+            row.ratio = row.rate / row.baseline_rate
+        notes = [f"error: {ours.error}"] if ours.error else []
+        notes += [f"baseline error: {side.error}"] if side.error else []
+        row.note = "; ".join(notes) or None
+        out.append(row)
+    return out
+
+
 async def compare(
     *,
     scenario: str,
     rows: int,
     rounds: int,
     subject: Run,
-    baseline_name: str | None,
-    baseline: Run | None,
+    baseline_name: str,
+    baseline: Run,
     target: float | None,
     prepare: Prepare = _no_prepare,
 ) -> Row:
-    """Run `subject` and `baseline` alternately, `rounds` times each, from the same prepared state.
-
-    Alternating spreads the machine's drift (other load, caches, autovacuum) over both sides. The
-    reported numbers are medians. A failing subject gives an error row and its baseline is still
-    measured, so the row shows what the job will be held against.
-    """
-    ours: list[Measured] = []
-    theirs: list[Measured] = []
-    notes: list[str] = []
-    subject_failed = baseline_failed = False
-    for number in range(1, rounds + 1):
-        if not subject_failed:
-            say(f"  {scenario}: round {number}/{rounds}")
-            await prepare()
-            try:
-                ours.append(await subject())
-            except Exception as exc:
-                subject_failed = True
-                notes.append(f"error: {error_text(exc)}")
-                say(f"  {scenario}: FAILED {error_text(exc)}")
-                if not isinstance(exc, BenchError | NotImplementedError):
-                    traceback.print_exc(file=sys.stderr)
-        if baseline is not None and not baseline_failed:
-            say(f"  {scenario}: baseline {baseline_name}, round {number}/{rounds}")
-            await prepare()
-            try:
-                theirs.append(await baseline())
-            except Exception as exc:
-                baseline_failed = True
-                notes.append(f"baseline error: {error_text(exc)}")
-                say(f"  {scenario}: baseline FAILED {error_text(exc)}")
-    row = Row(scenario=scenario, rows=rows, baseline=baseline_name, target=target)
-    if ours and not subject_failed:
-        row.rows = ours[0].rows
-        row.seconds = statistics.median(m.seconds for m in ours)
-        row.rate = statistics.median(m.rate for m in ours)
-        peaks = [m.peak_rss_mb for m in ours if m.peak_rss_mb is not None]
-        row.peak_rss_mb = max(peaks) if peaks else None
-    if theirs and not baseline_failed:
-        row.baseline_rate = statistics.median(m.rate for m in theirs)
-    if row.rate and row.baseline_rate:
-        row.ratio = row.rate / row.baseline_rate
-    row.note = "; ".join(notes) or None
-    return row
+    """`compare_all` with one baseline."""
+    only = Baseline(scenario=scenario, name=baseline_name, run=baseline, target=target)
+    rows_out = await compare_all(
+        rows=rows, rounds=rounds, subject=subject, baselines=[only], prepare=prepare
+    )
+    return rows_out[0]
 
 
 def _number(value: float | None, digits: int = 0) -> str:

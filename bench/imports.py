@@ -7,7 +7,16 @@ from pathlib import Path
 
 from bench.context import BenchContext
 from bench.data import CUSTOMER_COLUMNS, insert_customers, write_customers_csv
-from bench.harness import BenchError, Measured, Prepare, Row, Run, compare, say, stopwatch
+from bench.harness import (
+    Baseline,
+    BenchError,
+    Measured,
+    Row,
+    compare,
+    compare_all,
+    say,
+    stopwatch,
+)
 from bench.pgclient import PgClient, timed_psql, timed_shell
 from jobs.imports import import_file
 from jobs.models import ImportResult
@@ -48,6 +57,29 @@ def _pgloader_target(client: PgClient) -> str:
     return f"postgresql://{user}{password}@{host}{port}/{client.dbname}?tablename=customers"
 
 
+def pgloader_baseline(bench: BenchContext, path: Path) -> Baseline | Row:
+    """pgloader loading the same file, or a row saying why it is skipped."""
+    scenario = "import mode=insert, empty table, vs pgloader"
+    pgloader = shutil.which("pgloader")
+    if pgloader is None:
+        return Row(
+            scenario=scenario,
+            rows=bench.rows,
+            baseline="pgloader",
+            target=5.0,
+            note="skipped: pgloader is not installed on this machine",
+        )
+
+    async def load() -> Measured:
+        argv = [pgloader, "--type", "csv", "--field", ",".join(CUSTOMER_COLUMNS),
+                "--with", "skip header = 1", "--with", "fields optionally enclosed by '\"'",
+                "--with", "fields terminated by ','", str(path),
+                _pgloader_target(bench.client)]  # fmt: skip
+        return await timed_shell(bench.client, pipeline=[argv], rows=bench.rows)
+
+    return Baseline(scenario=scenario, name="pgloader", run=load, target=5.0)
+
+
 async def scenarios(bench: BenchContext) -> list[Row]:
     n = bench.rows
     path = bench.settings.import_dir / FILE_NAME
@@ -67,17 +99,15 @@ async def scenarios(bench: BenchContext) -> list[Row]:
         # Other keys than the file's: the import adds N rows to a table already holding N.
         await bench.reset(insert_customers(first=1, count=n, key_prefix="p"))
 
-    rows = [
-        await compare(
-            scenario="import mode=insert, empty table",
-            rows=n,
-            rounds=bench.rounds,
-            prepare=empty,
-            subject=job,
-            baseline_name="psql \\copy",
-            baseline=copy,
-            target=0.7,
-        ),
+    pgloader = pgloader_baseline(bench, path)
+    baselines = [Baseline("import mode=insert, empty table", "psql \\copy", copy, 0.7)]
+    if isinstance(pgloader, Baseline):
+        baselines.append(pgloader)
+    rows = await compare_all(rows=n, rounds=bench.rounds, prepare=empty, subject=job,
+                             baselines=baselines)  # fmt: skip
+    if isinstance(pgloader, Row):
+        rows.append(pgloader)
+    rows.append(
         await compare(
             scenario="import mode=insert, table holding N other rows",
             rows=n,
@@ -87,38 +117,6 @@ async def scenarios(bench: BenchContext) -> list[Row]:
             baseline_name="psql \\copy",
             baseline=copy,
             target=None,
-        ),
-    ]
-    rows.append(await _against_pgloader(bench, path, job=job, prepare=empty))
-    return rows
-
-
-async def _against_pgloader(bench: BenchContext, path: Path, *, job: Run, prepare: Prepare) -> Row:
-    scenario = "import mode=insert, empty table, vs pgloader"
-    pgloader = shutil.which("pgloader")
-    if pgloader is None:
-        return Row(
-            scenario=scenario,
-            rows=bench.rows,
-            baseline="pgloader",
-            target=5.0,
-            note="skipped: pgloader is not installed on this machine",
         )
-
-    async def load() -> Measured:
-        argv = [pgloader, "--type", "csv", "--field", ",".join(CUSTOMER_COLUMNS),
-                "--with", "skip header = 1", "--with", "fields optionally enclosed by '\"'",
-                "--with", "fields terminated by ','", str(path),
-                _pgloader_target(bench.client)]  # fmt: skip
-        return await timed_shell(bench.client, pipeline=[argv], rows=bench.rows)
-
-    return await compare(
-        scenario=scenario,
-        rows=bench.rows,
-        rounds=bench.rounds,
-        prepare=prepare,
-        subject=job,
-        baseline_name="pgloader",
-        baseline=load,
-        target=5.0,
     )
+    return rows
