@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from arq.connections import ArqRedis
+from arq.constants import job_key_prefix
 
 from worker.settings import Settings
 
@@ -75,6 +76,12 @@ async def etl(*args: str, env: dict[str, str], cwd: Path, within: float = 90) ->
         raise
     assert proc.returncode is not None
     return Done(proc.returncode, out.decode(), err.decode())
+
+
+async def drop_queue(redis: ArqRedis, queue_name: str) -> None:
+    """Remove a test's queue and the jobs still in it: the sorted set never expires by itself."""
+    ids = await redis.zrange(queue_name, 0, -1)
+    await redis.delete(queue_name, *(job_key_prefix + job_id.decode() for job_id in ids))
 
 
 async def wait_until_key(redis: ArqRedis, key: str, *, present: bool, within: float) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import re
 import uuid
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +20,7 @@ from tests.integration.etl_process import (
     ETL,
     base_env,
     cli_env,
+    drop_queue,
     etl,
     wait_until_key,
     worker_process,
@@ -38,6 +40,12 @@ JOB_ID = re.compile(r"^[0-9a-f]{32}$")
 def settings(settings: Settings) -> Settings:
     # run_burst in this process must keep results as briefly as the CLI processes do.
     return settings.model_copy(update={"keep_result_s": 600})
+
+
+@pytest.fixture(autouse=True)
+async def _queue_dropped_after(settings: Settings, redis: ArqRedis) -> AsyncIterator[None]:
+    yield
+    await drop_queue(redis, settings.queue_name)
 
 
 @pytest.fixture

@@ -15,6 +15,7 @@ from arq.worker import func
 
 from jobs.models import ExportPayload, ImportFilePayload, TransferPayload
 from jobs.ping import PingPayload, PingResult
+from tests.integration.etl_process import drop_queue
 from tests.integration.worker_helpers import run_burst
 from worker.client import (
     BATCH_SIZE,
@@ -35,6 +36,12 @@ from worker.status import list_failed
 def settings(settings: Settings) -> Settings:
     # Results of a thousand jobs need not stay a week in the shared Redis.
     return settings.model_copy(update={"keep_result_s": 600})
+
+
+@pytest.fixture(autouse=True)
+async def _queue_dropped_after(settings: Settings, redis: ArqRedis) -> AsyncIterator[None]:
+    yield
+    await drop_queue(redis, settings.queue_name)
 
 
 @pytest.fixture
