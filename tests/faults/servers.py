@@ -52,11 +52,16 @@ class PrivatePostgres:
         self.socket_dir = Path(info.socket_dir)
         # pgserver runs the server as its own system user when we are root.
         self.system_user = "pgserver" if os.geteuid() == 0 else None
-        self._require_password()
         self.admin_sql(
+            # A throwaway server: no waiting on the disk, so that stopping it (a checkpoint) stays
+            # quick however busy the machine is. The tests kill processes, never the machine.
+            "alter system set fsync = off",
+            "alter system set synchronous_commit = off",
+            "alter system set full_page_writes = off",
             f"create role {PG_ROLE} login password '{password}'",
             f"create database {PG_DATABASE} owner {PG_ROLE}",
         )
+        self._require_password()
 
     def _require_password(self) -> None:
         """Make the role authenticate with its password (scram), like a production server."""
@@ -68,7 +73,14 @@ class PrivatePostgres:
     def _pg_ctl(self, *args: str) -> None:
         from pgserver._commands import pg_ctl  # type: ignore[import-untyped]
 
-        pg_ctl(list(args), pgdata=self.pgdata, user=self.system_user, timeout=60)
+        try:
+            pg_ctl(["-t", "120", *args], pgdata=self.pgdata, user=self.system_user, timeout=150)
+        except subprocess.CalledProcessError as exc:
+            log = self.pgdata / "log"
+            tail = log.read_text(errors="replace")[-3000:] if log.exists() else ""
+            raise RuntimeError(
+                f"pg_ctl {' '.join(args)} failed ({exc}); server log:\n{tail}"
+            ) from exc
 
     def admin_sql(self, *statements: str) -> None:
         """Run statements as the superuser, through pgserver's psql."""

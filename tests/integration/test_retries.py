@@ -23,7 +23,7 @@ from jobs.models import Payload
 from tests.integration.worker_helpers import run_burst
 from worker.main import functions
 from worker.redis import connect
-from worker.runner import JobRun, etl_job
+from worker.runner import JobRun, _heartbeat, etl_job
 from worker.settings import Settings
 
 
@@ -304,9 +304,24 @@ async def test_a_running_job_holds_its_in_progress_key_for_requeue_after_only(
     assert worker.jobs_complete == 1
     assert ttls, "the job's in-progress key was never seen"
     assert max(ttls) <= 5000
-    # Extended while the job runs (every third of the 5 s), so never near expiry.
-    assert min(ttls) > 5000 - 1700 - 200
     assert await redis.exists(in_progress_key_prefix + job_id) == 0
+
+
+async def test_the_heartbeat_keeps_a_live_jobs_key_past_its_short_ttl(
+    settings: Settings, redis: ArqRedis
+) -> None:
+    key = in_progress_key_prefix + "heartbeat-" + settings.queue_name
+    await redis.psetex(key, 3_600_000, b"1")  # what arq sets: the longest timeout + 10 s
+    try:
+        async with _heartbeat({"redis": redis}, key.removeprefix(in_progress_key_prefix), 1):
+            assert 0 < await redis.pttl(key) <= 1000
+            await asyncio.sleep(2.5)  # two and a half TTLs: alive only if extended
+            assert 0 < await redis.pttl(key) <= 1000
+        # Once the job is over nothing extends it: a dead worker's hold ends within the TTL.
+        await asyncio.sleep(1.2)
+        assert await redis.exists(key) == 0
+    finally:
+        await redis.delete(key)
 
 
 async def test_import_permanent_failures_fail_on_the_first_try_with_their_error_kept(
