@@ -8,6 +8,8 @@ demand. Both servers need passwords, which lets the suite check that none is eve
 from __future__ import annotations
 
 import secrets
+import shutil
+import tempfile
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
@@ -35,7 +37,7 @@ class PrivateServers:
 
 
 @pytest.fixture(scope="session")
-def private_servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PrivateServers]:
+def private_servers() -> Iterator[PrivateServers]:
     executable = redis_executable()
     if executable is None:
         pytest.skip(
@@ -45,23 +47,24 @@ def private_servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Privat
         import pgserver  # noqa: F401
     except ImportError:
         pytest.skip("pgserver is not installed: pip install 'etl-worker[embedded]'")
-    base = tmp_path_factory.mktemp("faults")
+    # Not under pytest's temporary root: pytest resets that to mode 0700 whenever a session
+    # starts, which would lock the server's own user (pgserver, when we are root) out of its data.
+    base = Path(tempfile.mkdtemp(prefix="etl-faults-"))
     # Distinctive, so that finding one in a worker's output cannot be a coincidence.
     postgres = PrivatePostgres(base / "pg", password="pgpw-" + secrets.token_hex(12))
+    redis: PrivateRedis | None = None
     try:
         migrate(normalise_database_url(postgres.url), "head")
         (base / "redis").mkdir()
         redis = PrivateRedis(
             base / "redis", executable=executable, password="rdpw-" + secrets.token_hex(12)
         )
-    except BaseException:
-        postgres.close()
-        raise
-    try:
         yield PrivateServers(postgres=postgres, redis=redis)
     finally:
-        redis.close()
+        if redis is not None:
+            redis.close()
         postgres.close()
+        shutil.rmtree(base, ignore_errors=True)
 
 
 @dataclass
