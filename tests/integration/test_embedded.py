@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -37,9 +40,14 @@ asyncio.run(main())
 
 
 @pytest.fixture
-def state_dir(tmp_path: Path) -> Path:
-    yield tmp_path / "state"
-    embedded.stop(Settings(ETL_STATE_DIR=tmp_path / "state"))
+def state_dir() -> Iterator[Path]:
+    # Not under pytest's tmp_path: pytest resets its root to mode 0700 when any session starts,
+    # which would shut out the `pgserver` user the embedded server runs as (when we are root).
+    root = Path(tempfile.mkdtemp(prefix="etl-embedded-"))
+    root.chmod(0o755)
+    yield root / "state"
+    embedded.stop(Settings(ETL_STATE_DIR=root / "state"))
+    shutil.rmtree(root, ignore_errors=True)
 
 
 def _probe(state_dir: Path) -> tuple[dict[str, str], str]:
