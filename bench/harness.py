@@ -114,10 +114,14 @@ class _Side:
     async def measure(self, run: Run, prepare: Prepare, *, number: int, rounds: int) -> None:
         if self.error is not None:
             return
-        say(f"  {self.label}, round {number}/{rounds}")
         await prepare()
         try:
-            self.runs.append(await run())
+            measured = await run()
+            self.runs.append(measured)
+            say(
+                f"  {self.label}, round {number}/{rounds}: {measured.seconds:.2f} s, "
+                f"{measured.rate:,.0f}/s"
+            )
         except Exception as exc:
             self.error = error_text(exc)
             say(f"  {self.label}: FAILED {self.error}")
