@@ -25,7 +25,8 @@ N = 200_000
 GROWTH = 1.2  # what the export adds to RSS at 5N may exceed what it adds at N by 20%...
 SLACK_MB = 4.0  # ...plus a few MB of allocator noise
 CEILING_MB = 150.0
-CASES = [("csv", True), ("jsonl", False)]  # COPY with gzip; the yield_per cursor
+# COPY with gzip; JSON Lines read by heap pages; JSON Lines read row by row (with `since`)
+CASES = [("csv", True, None), ("jsonl", False, None), ("jsonl", False, "2000-01-01T00:00:00Z")]
 
 
 async def add_customers(engine: AsyncEngine, *, first: int, last: int) -> None:
@@ -44,7 +45,7 @@ async def add_customers(engine: AsyncEngine, *, first: int, last: int) -> None:
 
 
 async def export_in_child(
-    database_url: str, export_dir: Path, *, fmt: str, compress: bool
+    database_url: str, export_dir: Path, *, fmt: str, compress: bool, since: str | None
 ) -> dict[str, Any]:
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
@@ -54,6 +55,7 @@ async def export_in_child(
         str(export_dir),
         fmt,
         "gzip" if compress else "plain",
+        since or "",
         cwd=ROOT,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
@@ -70,17 +72,20 @@ async def test_peak_memory_does_not_grow_with_rows(
     engine: AsyncEngine, database_url: str, clean_db: None, tmp_path: Path
 ) -> None:
     assert BATCH_ROWS * 10 <= N
-    peaks: dict[tuple[str, bool], list[dict[str, Any]]] = {case: [] for case in CASES}
+    peaks: dict[tuple[str, bool, str | None], list[dict[str, Any]]] = {case: [] for case in CASES}
     for first, last in ((1, N), (N + 1, 5 * N)):
         await add_customers(engine, first=first, last=last)
-        for fmt, compress in CASES:
-            report = await export_in_child(database_url, tmp_path, fmt=fmt, compress=compress)
+        for fmt, compress, since in CASES:
+            report = await export_in_child(
+                database_url, tmp_path, fmt=fmt, compress=compress, since=since
+            )
             assert report["rows"] == last
-            peaks[(fmt, compress)].append(report)
+            peaks[(fmt, compress, since)].append(report)
 
-    for (fmt, compress), (small, large) in peaks.items():
+    for (fmt, compress, since), (small, large) in peaks.items():
         summary = (
-            f"{fmt}{' gzip' if compress else ''}: peak RSS {small['peak_mb']:.1f} MB at {N:,} rows"
+            f"{fmt}{' gzip' if compress else ''}{' since' if since else ''}:"
+            f" peak RSS {small['peak_mb']:.1f} MB at {N:,} rows"
             f" (export +{small['peak_mb'] - small['base_mb']:.1f} MB),"
             f" {large['peak_mb']:.1f} MB at {5 * N:,} rows"
             f" (export +{large['peak_mb'] - large['base_mb']:.1f} MB)"
@@ -103,7 +108,9 @@ def _reset_peak() -> None:
     Path("/proc/self/clear_refs").write_text("5")
 
 
-async def _child(database_url: str, export_dir: Path, fmt: str, compress: bool) -> dict[str, Any]:
+async def _child(
+    database_url: str, export_dir: Path, *, fmt: str, compress: bool, since: str | None
+) -> dict[str, Any]:
     from jobs.exports import export_dataset
     from jobs.models import ExportPayload
     from worker.context import AppContext
@@ -123,7 +130,7 @@ async def _child(database_url: str, export_dir: Path, fmt: str, compress: bool) 
         app = AppContext(settings=settings, engine=engine, sessionmaker=create_sessionmaker(engine))
         run = JobRun(app=app, job_id=uuid.uuid4().hex, job_try=1)
         payload = ExportPayload.model_validate(
-            {"dataset": "customers", "format": fmt, "compress": compress}
+            {"dataset": "customers", "format": fmt, "compress": compress, "since": since}
         )
         result = await export_dataset.impl(run, payload)
     finally:
@@ -133,6 +140,8 @@ async def _child(database_url: str, export_dir: Path, fmt: str, compress: bool) 
 
 
 if __name__ == "__main__":
-    url, directory, fmt, compression = sys.argv[1:5]
-    report = asyncio.run(_child(url, Path(directory), fmt, compression == "gzip"))
+    url, directory, fmt, compression, since = sys.argv[1:6]
+    report = asyncio.run(
+        _child(url, Path(directory), fmt=fmt, compress=compression == "gzip", since=since or None)
+    )
     print(json.dumps(report))

@@ -178,9 +178,35 @@ async def export(app: AppContext, run: JobRun | None = None, **payload: Any) -> 
 
 @pytest.fixture
 def small_batches(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    """JSON Lines fetched 3 rows at a time, so a 12-row export spans several batches."""
+    """JSON Lines read 3 rows, or 1 heap page, at a time: a small table spans many batches."""
     monkeypatch.setattr(export_stream, "BATCH_ROWS", 3)
+    monkeypatch.setattr(export_stream, "CHUNK_PAGES", 1)
+    monkeypatch.setattr(export_stream, "CHUNKS_PER_FETCH", 1)
     yield
+
+
+async def seed_wide(engine: AsyncEngine) -> int:
+    """The 12 usual customers and 40 wide ones (four to a heap page); returns the row count."""
+    await seed_all(engine)
+    # Random text, short enough to stay in the row: PostgreSQL neither compresses nor TOASTs it.
+    wide = [customer(i, full_name=os.urandom(950).hex()) for i in range(13, 53)]
+    await seed_customers(engine, wide)
+    async with engine.connect() as conn:
+        pages = (
+            await conn.execute(
+                text("select pg_relation_size('customers') / current_setting('block_size')::int")
+            )
+        ).scalar_one()
+    assert pages >= 10
+    return 52
+
+
+# JSON Lines reads a whole table a few pages at a time; with `since`, row by row.
+READINGS = [
+    pytest.param("csv", None, id="csv"),
+    pytest.param("jsonl", None, id="jsonl-pages"),
+    pytest.param("jsonl", "2000-01-01T00:00:00Z", id="jsonl-rows"),
+]
 
 
 @pytest.mark.parametrize(
@@ -346,11 +372,11 @@ async def test_files_are_0640_and_directories_0750(
     assert mode(app.settings.export_dir) == 0o750
 
 
-@pytest.mark.parametrize("fmt", ["csv", "jsonl"])
+@pytest.mark.parametrize(("fmt", "since"), READINGS)
 async def test_no_partial_file_is_visible_under_the_final_name(
-    app: AppContext, engine: AsyncEngine, small_batches: None, fmt: str
+    app: AppContext, engine: AsyncEngine, small_batches: None, fmt: str, since: str | None
 ) -> None:
-    await seed_all(engine)
+    await seed_wide(engine)
     directory = app.settings.export_dir / "customers"
     seen: list[list[str]] = []
 
@@ -358,9 +384,10 @@ async def test_no_partial_file_is_visible_under_the_final_name(
         seen.append(listing(directory))
 
     run = HookRun(app=app, job_id=uuid.uuid4().hex, job_try=1, hook=look)
-    result = await export(app, run, dataset="customers", format=fmt)
+    result = await export(app, run, dataset="customers", format=fmt, since=since)
+    assert result.rows == 52
     final = Path(result.path).name
-    assert len(seen) >= 2
+    assert len(seen) >= (2 if fmt == "csv" else 10)
     for names in seen:
         # only the hidden temp file, named after the final one, while the export runs
         assert len(names) == 1
@@ -368,11 +395,24 @@ async def test_no_partial_file_is_visible_under_the_final_name(
     assert listing(directory) == sorted([final, final + ".manifest.json"])
 
 
-@pytest.mark.parametrize(("fmt", "fail_at"), [("csv", 0), ("csv", 1), ("jsonl", 2)])
+@pytest.mark.parametrize(
+    ("fmt", "since", "fail_at"),
+    [
+        ("csv", None, 0),
+        ("csv", None, 1),
+        ("jsonl", None, 3),
+        ("jsonl", "2000-01-01T00:00:00Z", 3),
+    ],
+)
 async def test_a_failed_export_leaves_nothing_behind(
-    app: AppContext, engine: AsyncEngine, small_batches: None, fmt: str, fail_at: int
+    app: AppContext,
+    engine: AsyncEngine,
+    small_batches: None,
+    fmt: str,
+    since: str | None,
+    fail_at: int,
 ) -> None:
-    await seed_all(engine)
+    rows = await seed_wide(engine)
     directory = app.settings.export_dir / "customers"
 
     async def fail(n: int) -> None:
@@ -382,17 +422,26 @@ async def test_a_failed_export_leaves_nothing_behind(
 
     run = HookRun(app=app, job_id=uuid.uuid4().hex, job_try=1, hook=fail)
     with pytest.raises(RuntimeError, match="disk on fire"):
-        await export(app, run, dataset="customers", format=fmt, compress=True)
+        await export(app, run, dataset="customers", format=fmt, compress=True, since=since)
+    assert run.calls == fail_at + 1
     assert listing(directory) == []
     # the snapshot's connection went back to the pool usable
-    assert (await export(app, dataset="customers", format=fmt)).rows == 12
+    assert (await export(app, dataset="customers", format=fmt, since=since)).rows == rows
 
 
-@pytest.mark.parametrize(("fmt", "stall_at"), [("csv", 1), ("jsonl", 2)])
+@pytest.mark.parametrize(
+    ("fmt", "since", "stall_at"),
+    [("csv", None, 1), ("jsonl", None, 3), ("jsonl", "2000-01-01T00:00:00Z", 3)],
+)
 async def test_a_cancelled_export_leaves_nothing_behind(
-    app: AppContext, engine: AsyncEngine, small_batches: None, fmt: str, stall_at: int
+    app: AppContext,
+    engine: AsyncEngine,
+    small_batches: None,
+    fmt: str,
+    since: str | None,
+    stall_at: int,
 ) -> None:
-    await seed_all(engine)
+    rows = await seed_wide(engine)
     directory = app.settings.export_dir / "customers"
     started = asyncio.Event()
 
@@ -402,19 +451,20 @@ async def test_a_cancelled_export_leaves_nothing_behind(
             await asyncio.sleep(30)
 
     run = HookRun(app=app, job_id=uuid.uuid4().hex, job_try=1, hook=stall)
-    task = asyncio.create_task(export(app, run, dataset="customers", format=fmt))
+    task = asyncio.create_task(export(app, run, dataset="customers", format=fmt, since=since))
     await started.wait()
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
     assert listing(directory) == []
-    assert (await export(app, dataset="customers", format=fmt)).rows == 12
+    assert (await export(app, dataset="customers", format=fmt, since=since)).rows == rows
 
 
+@pytest.mark.parametrize(("fmt", "since"), READINGS)
 async def test_rows_committed_during_the_export_are_not_in_it(
-    app: AppContext, engine: AsyncEngine, small_batches: None
+    app: AppContext, engine: AsyncEngine, small_batches: None, fmt: str, since: str | None
 ) -> None:
-    await seed_all(engine)
+    await seed_wide(engine)
     expected = await db_rows(engine, "customers")
     inserted: list[int] = []
 
@@ -425,24 +475,43 @@ async def test_rows_committed_during_the_export_are_not_in_it(
         async with engine.begin() as conn:
             await conn.execute(insert(tables.customers), [customer(i, updated=T0)])
             await conn.execute(
-                text("update customers set full_name = 'changed' where external_id = 'C00012'")
+                text("update customers set full_name = 'changed' where external_id = 'C00052'")
             )
             await conn.execute(text("delete from accounts where customer_external_id = 'C00001'"))
             await conn.execute(text("delete from customers where external_id = 'C00001'"))
         inserted.append(i)
 
-    for fmt, calls in (("csv", 2), ("jsonl", 5)):
-        run = HookRun(app=app, job_id=uuid.uuid4().hex, job_try=1, hook=meddle)
-        result = await export(app, run, dataset="customers", format=fmt)
-        assert run.calls >= calls  # the JSON Lines export spans several batches
-        assert read_rows(Path(result.path), "customers") == expected, fmt
-        assert result.rows == len(expected)
-        # the changes were committed: the next export sees them
-        expected = await db_rows(engine, "customers")
-        names = {row["external_id"]: row["full_name"] for row in expected}
-        assert "C00001" not in names
-        assert names["C00012"] == "changed"
-        assert {f"C{i:05d}" for i in inserted} <= set(names)
+    run = HookRun(app=app, job_id=uuid.uuid4().hex, job_try=1, hook=meddle)
+    result = await export(app, run, dataset="customers", format=fmt, since=since)
+    assert run.calls >= (2 if fmt == "csv" else 10)  # JSON Lines: after each of many batches
+    assert read_rows(Path(result.path), "customers") == expected
+    assert result.rows == len(expected) == 52
+    # the changes were committed: an export now sees them
+    names = {row["external_id"]: row["full_name"] for row in await db_rows(engine, "customers")}
+    assert "C00001" not in names
+    assert names["C00052"] == "changed"
+    assert {f"C{i:05d}" for i in inserted} <= set(names)
+
+
+async def test_both_jsonl_readings_write_the_same_lines(
+    app: AppContext, engine: AsyncEngine, small_batches: None
+) -> None:
+    rows = await seed_wide(engine)
+    by_pages = await export(app, dataset="customers", format="jsonl")
+    by_rows = await export(app, dataset="customers", format="jsonl", since="1970-01-01T00:00:00Z")
+    lines = [sorted(read_bytes(Path(r.path)).decode().splitlines()) for r in (by_pages, by_rows)]
+    assert lines[0] == lines[1]
+    assert len(lines[0]) == by_pages.rows == by_rows.rows == rows
+
+
+async def test_an_empty_table_gives_an_empty_file(app: AppContext, engine: AsyncEngine) -> None:
+    jsonl = await export(app, dataset="transfers", format="jsonl", compress=True)
+    assert (jsonl.rows, read_bytes(Path(jsonl.path))) == (0, b"")
+    csv_ = await export(app, dataset="transfers", format="csv")
+    assert (csv_.rows, read_bytes(Path(csv_.path))) == (
+        0,
+        b"id,from_account_id,to_account_id,amount_cents,status,reason,created_at\n",
+    )
 
 
 async def test_the_snapshot_is_repeatable_read_read_only_utc(engine: AsyncEngine) -> None:
