@@ -6,12 +6,14 @@ more than `max_reject_ratio` of the rows are rejected, nothing is loaded and the
 
 Two ways in, both fed by jobs.csvscan (clean lines untouched, the rest validated in Python):
 
-- insert mode, when nothing but the file can conflict: COPY straight into the table, as psql's
-  \\copy would. A key already present, or repeated in the file, makes COPY fail; the attempt is
-  rolled back to its savepoint and the file goes the other way. COPY is sent in batches, so a
-  failing attempt is noticed after one batch rather than after the whole file.
+- insert mode, when the file has every column the table needs and no reference to check: COPY
+  straight into the table, as psql's \\copy would. A key already present, or repeated in the
+  file, makes COPY fail; the attempt is rolled back to its savepoint and the file goes the other
+  way. COPY is sent in batches, so a failing attempt is noticed after one batch, not at the end.
 - otherwise: COPY into a temp table, check references there (accounts naming no customer), then
-  one INSERT ... SELECT ... ON CONFLICT into the table (jobs.staging).
+  one statement into the table (jobs.staging): MERGE for upsert, INSERT ... ON CONFLICT DO NOTHING
+  for insert. A row equal to the stored one is left alone and counted as skipped (unchanged), so
+  the same file imported twice leaves the same table and counts every row as skipped.
 
 The import id is derived from arq's job id: a retry of the same job (after a crash, say) replaces
 its own rejects, and a retry of an import that did commit returns the recorded result.
@@ -30,8 +32,8 @@ from typing import Any
 
 import asyncpg
 import structlog
-from sqlalchemy import delete, func, insert, select, text
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy import Table, delete, func, insert, select, text
+from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 from sqlalchemy.schema import CreateTable
 
@@ -48,9 +50,11 @@ from jobs.staging import (
     count_without,
     drop_unknown_references,
     insert_new,
+    merge,
     references,
     staging_table,
     upsert,
+    written_so_far,
 )
 from jobs.tables import import_rejects, import_runs
 from worker.db import driver_connection
@@ -62,6 +66,7 @@ log = structlog.get_logger("jobs.imports")
 # One COPY per batch: a COPY that fails (a conflict in insert mode) is noticed when its batch
 # ends, since asyncpg reads the whole source before it reports the server's error.
 BATCH_BYTES = 16 << 20
+WORK_MEM = "64MB"
 FAST_PATH = True
 """Clean lines skip Python's checks; tests switch it off to check that both ways agree."""
 _IMPORT_IDS = uuid.UUID("1b0c7a1e-6f55-4d4e-9a49-3c1f0c2f6a10")
@@ -129,6 +134,8 @@ class _Import:
                 driver = await driver_connection(conn)
                 # Timestamps without an offset are UTC, as the row rules say.
                 await conn.execute(text("SET LOCAL TimeZone = 'UTC'"))
+                # Room for the hash join against the table and the sorts, for this import only.
+                await conn.execute(text(f"SET LOCAL work_mem = '{WORK_MEM}'"))
                 await conn.execute(
                     delete(import_rejects).where(import_rejects.c.import_id == self.import_id)
                 )
@@ -239,7 +246,7 @@ class _Import:
             outcome.skipped = valid - outcome.inserted - outcome.updated
             return outcome
 
-    async def _upsert(self, conn: AsyncConnection, stage: Any) -> tuple[int, int]:
+    async def _upsert(self, conn: AsyncConnection, stage: Table) -> tuple[int, int]:
         """Upsert the staged rows; rows with and without created_at separately if both occur."""
         halves: list[bool | None] = [None]
         for column in DEFAULT_NOW & set(self.columns):
@@ -248,14 +255,51 @@ class _Import:
                 halves = [False]
             elif empty:
                 halves = [True, False]
+        tracked = await _counts_tracked(conn)
         inserted = updated = 0
         for given in halves:
-            new, changed = (
-                await conn.execute(upsert(self.dataset, stage, self.columns, given=given))
-            ).one()
+            if tracked:
+                new, changed = await self._merge(conn, given=given, dedupe=len(halves) > 1)
+            else:  # no statistics to count MERGE's rows with: ON CONFLICT ... RETURNING counts
+                upserted = upsert(self.dataset, stage, self.columns, given=given)
+                new, changed = (await conn.execute(upserted)).one()
             inserted += new
             updated += changed
         return inserted, updated
+
+    async def _merge(
+        self, conn: AsyncConnection, *, given: bool | None, dedupe: bool
+    ) -> tuple[int, int]:
+        """MERGE, first without deduplicating (a repeated key makes it fail: then with)."""
+        written = written_so_far(self.dataset.table)
+        if not dedupe:
+            before = (await conn.execute(written)).one()
+            savepoint = await conn.begin_nested()
+            try:
+                await conn.execute(merge(self.dataset, self.columns, given=given, dedupe=False))
+            except DBAPIError as exc:
+                # 21000: a key matched twice; 23505: a new key inserted twice (or by another
+                # session meanwhile: the deduplicated MERGE then sees it and updates it).
+                if sqlstate_of(exc) not in ("21000", "23505"):
+                    raise
+                await savepoint.rollback()
+                log.info("import.repeated_keys", file=self.name, dataset=self.dataset.name)
+            else:
+                await savepoint.commit()
+                after = (await conn.execute(written)).one()
+                return after[0] - before[0], after[1] - before[1]
+        before = (await conn.execute(written)).one()
+        try:
+            await conn.execute(merge(self.dataset, self.columns, given=given, dedupe=True))
+        except IntegrityError as exc:
+            if sqlstate_of(exc) == "23505":
+                raise TransientError(
+                    f"{self.name}: another session inserted some of the same keys meanwhile; "
+                    "retrying"
+                ) from exc
+            raise
+        after = (await conn.execute(written)).one()
+        return after[0] - before[0], after[1] - before[1]
 
     # reading the file into COPY
 
@@ -405,6 +449,12 @@ class _Import:
             skipped=row.skipped,
             rejected=row.rejected,
         )
+
+
+async def _counts_tracked(conn: AsyncConnection) -> bool:
+    """Whether the server keeps the statistics MERGE's row counts are read from (it does unless
+    track_counts was turned off, which also stops autovacuum)."""
+    return (await conn.execute(text("SELECT current_setting('track_counts')"))).scalar() == "on"
 
 
 @contextlib.contextmanager

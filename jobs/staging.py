@@ -7,6 +7,13 @@ does the work set-based:
 - upsert: ON CONFLICT (key) DO UPDATE, rows deduplicated first (the last occurrence of a key wins;
   ON CONFLICT DO UPDATE fails if one statement touches a key twice). A row equal to the stored one
   is not written: its updated_at stays, and it counts as unchanged, not updated.
+- upsert of a whole file: MERGE, same outcome. With half the keys new, ON CONFLICT probes the key
+  index for every row and locks every updated row first (a WAL record each); MERGE hash-joins the
+  file to the table once. Measured on the 1M-row benchmark file (backend CPU, best of 4):
+  ON CONFLICT as psql's staged upsert writes it 7.1 s, ours with dedup and counts 7.8 s, MERGE
+  without dedup 5.4-6.2 s. MERGE has no RETURNING before PostgreSQL 17, so the counts come from
+  the transaction's own statistics (pg_stat_xact_user_tables), and it cannot dedupe on its own:
+  a repeated key fails it, and it runs again over the deduplicated rows.
 - insert: ON CONFLICT (key) DO NOTHING, last occurrence first, so it is the one that lands.
 
 An empty created_at means "now" for a new row but leaves a stored row's created_at alone, so
@@ -15,6 +22,7 @@ importing the same file twice leaves the same table.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -30,11 +38,13 @@ from sqlalchemy import (
     Select,
     String,
     Table,
+    TextClause,
     delete,
     exists,
     func,
     literal_column,
     select,
+    text,
     tuple_,
 )
 from sqlalchemy.dialects.postgresql import Insert, distinct_on
@@ -46,6 +56,7 @@ from jobs.registry import Dataset
 # Columns whose empty value means "now" on insert and "keep what is stored" on update.
 DEFAULT_NOW = frozenset({"created_at"})
 STAGE_NAME = "import_stage"
+_PLAIN = re.compile(r"[a-z_][a-z0-9_]*")
 
 
 def staging_table(dataset: Dataset, columns: Sequence[str]) -> Table:
@@ -171,6 +182,63 @@ def upsert(
     return select(
         func.count().filter(written.c.fresh),
         func.count().filter(~written.c.fresh),
+    )
+
+
+def _q(name: str) -> str:
+    """A registry name as an SQL identifier (they are all plain; checked, not trusted)."""
+    if not _PLAIN.fullmatch(name):
+        raise ValueError(f"not a plain identifier: {name!r}")
+    return f'"{name}"'
+
+
+def merge(
+    dataset: Dataset, staged: Sequence[str], *, given: bool | None, dedupe: bool
+) -> TextClause:
+    """MERGE of the staged rows into the table; `given` as for upsert().
+
+    Without `dedupe` the staged rows go in as they are: fast, and correct when no key repeats; a
+    repeated key makes MERGE fail (21000, or 23505 for a new key), and the caller runs it again
+    with `dedupe`. Two halves (`given` True and False) must be deduplicated: a key in both would
+    otherwise be written twice, and the second write would win whatever the file's order.
+    """
+    key = _q(dataset.key)
+    rows = _q(STAGE_NAME)
+    if dedupe:
+        text_key = isinstance(dataset.table.c[dataset.key].type, String)
+        order = key + (' COLLATE "C"' if text_key else "")
+        rows = f"(SELECT DISTINCT ON ({order}) * FROM {rows} ORDER BY {order}, rec DESC)"
+    if given is not None:
+        test = "IS NOT NULL" if given else "IS NULL"
+        where = " AND ".join(f"{_q(c)} {test}" for c in staged if c in DEFAULT_NOW)
+        rows = f"(SELECT * FROM {rows} AS latest WHERE {where})"
+    columns = _insert_columns(dataset, staged)
+    keep = {c for c in DEFAULT_NOW if c not in staged or given is False}
+    updated = [c for c in columns if c != dataset.key and c not in keep]
+    values = [
+        f"s.{_q(c)}"
+        if c not in DEFAULT_NOW
+        else (f"coalesce(s.{_q(c)}, now())" if c in staged else "now()")
+        for c in columns
+    ]
+    stored = ", ".join(f"t.{_q(c)}" for c in updated)
+    incoming = ", ".join(f"s.{_q(c)}" for c in updated)
+    sets = ", ".join([*(f"{_q(c)} = s.{_q(c)}" for c in updated), '"updated_at" = now()'])
+    return text(
+        f"MERGE INTO {_q(dataset.table.name)} AS t USING {rows} AS s ON t.{key} = s.{key}"
+        f" WHEN MATCHED AND ({stored}) IS DISTINCT FROM ({incoming}) THEN UPDATE SET {sets}"
+        f" WHEN NOT MATCHED THEN INSERT ({', '.join(_q(c) for c in columns)})"
+        f" VALUES ({', '.join(values)})"
+    )
+
+
+def written_so_far(table: Table) -> Select[int, int]:
+    """(rows inserted, rows updated) in `table` by this transaction so far: taken before and
+    after a statement, the difference is what the statement wrote."""
+    return (
+        select(literal_column("n_tup_ins", BigInteger), literal_column("n_tup_upd", BigInteger))
+        .select_from(text("pg_stat_xact_user_tables"))
+        .where(literal_column("relid") == func.to_regclass(table.name))
     )
 
 

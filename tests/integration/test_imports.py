@@ -129,6 +129,61 @@ async def test_upsert_counts_inserted_and_updated_and_reimport_changes_nothing(
     assert await rows(engine, "select *, xmin::text from customers order by id") == before
 
 
+async def test_upsert_without_statistics_counts_through_on_conflict(
+    ctx: dict[str, Any],
+    app: AppContext,
+    settings: Settings,
+    engine: AsyncEngine,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """With track_counts off MERGE's counts cannot be read: ON CONFLICT ... RETURNING instead."""
+
+    async def untracked(conn: Any) -> bool:
+        return False
+
+    monkeypatch.setattr(imports, "_counts_tracked", untracked)
+    write(settings, "old.csv", CUSTOMER_HEADER, customer_line(1, full_name="Old"), customer_line(2))
+    await run_import(ctx, path="old.csv", mode="insert")
+    write(
+        settings,
+        "new.csv",
+        CUSTOMER_HEADER,
+        customer_line(3, full_name="Early"),
+        *(customer_line(i) for i in (1, 2, 3)),
+    )
+    result = await run_import(job_ctx(app), path="new.csv")
+    assert (result["inserted"], result["updated"], result["skipped"]) == (1, 1, 2)
+    assert [r[2] for r in await rows(engine, CUSTOMERS)] == [
+        "Customer 1",
+        "Customer 2",
+        "Customer 3",
+    ]
+
+
+async def test_a_key_inserted_meanwhile_by_another_session_is_updated(
+    ctx: dict[str, Any], settings: Settings, engine: AsyncEngine
+) -> None:
+    write(settings, "c.csv", CUSTOMER_HEADER, customer_line(1), customer_line(2))
+    async with engine.connect() as other:
+        await other.execute(text("begin"))
+        await other.execute(
+            text(
+                "insert into customers (external_id, email, full_name, country, created_at)"
+                " values ('c000002', 'other@example.com', 'Other', 'DE', now())"
+            )
+        )
+        job = asyncio.create_task(run_import(ctx, path="c.csv"))
+        await asyncio.sleep(0.5)
+        assert not job.done()  # waiting on the other session's new key
+        await other.execute(text("commit"))
+    result = await job
+    assert (result["inserted"], result["updated"]) == (1, 1)
+    assert [r[:3] for r in await rows(engine, CUSTOMERS)] == [
+        ("c000001", "user1@example.com", "Customer 1"),
+        ("c000002", "user2@example.com", "Customer 2"),
+    ]
+
+
 async def test_insert_mode_skips_keys_already_present(
     ctx: dict[str, Any], app: AppContext, settings: Settings, engine: AsyncEngine
 ) -> None:
