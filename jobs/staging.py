@@ -144,22 +144,22 @@ def upsert(
     staged: Sequence[str],
     *,
     given: bool | None,
+    dedupe: bool = True,
 ) -> Select[int, int]:
     """INSERT ... ON CONFLICT DO UPDATE of the source's rows; selects (inserted, updated).
 
     `given`: None writes every row, with created_at updated only if the source has that column;
     True / False write only the rows whose created_at is given / empty (and update created_at
     only for the former): the two halves of a file where some rows have it and some do not.
+    `dedupe`: False when the source holds each key once already.
     """
     table = dataset.table
     key = _key(dataset, source)
     columns = _insert_columns(dataset, staged)
-    latest = (
-        select(source.c.rec, *(source.c[c] for c in staged))
-        .ext(distinct_on(key))
-        .order_by(key, source.c.rec.desc())
-        .subquery("latest")
-    )
+    rows_in = select(source.c.rec, *(source.c[c] for c in staged))
+    if dedupe:
+        rows_in = rows_in.ext(distinct_on(key)).order_by(key, source.c.rec.desc())
+    latest = rows_in.subquery("latest")
     rows = select(*(_value(latest, c, staged) for c in columns))
     default_now = [c for c in staged if c in DEFAULT_NOW]
     if given is not None:

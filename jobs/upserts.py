@@ -57,14 +57,15 @@ class _Checked:
         self.dataset = dataset
         self.latest: dict[Any, tuple[int, dict[str, Any]]] = {}
         self.rejects: list[RowReject] = []
-        self._allowed = ", ".join(dataset.input_columns)
+        self._allowed = frozenset(dataset.input_columns)
+        self._default_now = [c for c in dataset.input_columns if c in DEFAULT_NOW]
 
     def add(self, index: int, row: Mapping[str, Any], *, now: datetime) -> None:
-        unknown = next((k for k in row if k not in self.dataset.input_columns), None)
-        if unknown is not None:
+        if not self._allowed.issuperset(row):
+            unknown = next(k for k in row if k not in self._allowed)
+            allowed = ", ".join(self.dataset.input_columns)
             self.reject(
-                index,
-                f"{unknown[:64]!r}: unknown field; {self.dataset.name} rows take {self._allowed}",
+                index, f"{unknown[:64]!r}: unknown field; {self.dataset.name} rows take {allowed}"
             )
             return
         try:
@@ -72,7 +73,7 @@ class _Checked:
         except RowRejected as exc:
             self.reject(index, str(exc))
             return
-        for name in DEFAULT_NOW & values.keys():
+        for name in self._default_now:
             given = row.get(name)
             if not (isinstance(given, str) and given.strip()):
                 values[name] = None  # not given: the statement decides (now, or keep)
@@ -136,7 +137,10 @@ async def _write(conn: AsyncConnection, dataset: Dataset, checked: _Checked) -> 
     inserted = updated = 0
     for given in halves:
         new, changed = (
-            await conn.execute(upsert(dataset, source, dataset.input_columns, given=given))
+            # One row per key already (the last one): no need to have the database dedupe.
+            await conn.execute(
+                upsert(dataset, source, dataset.input_columns, given=given, dedupe=False)
+            )
         ).one()
         inserted += new
         updated += changed

@@ -316,3 +316,69 @@ def test_owner_must_be_text() -> None:
         rejected(validate_account, account(customer_external_id=12))
         == "customer_external_id: must be text, got an integer"
     )
+
+
+def reference_timestamp(text: str) -> datetime | str:
+    """The rule spelled out field by field, to check the fast parse against."""
+    from datetime import timezone
+
+    from jobs.validation import ISO_TIMESTAMP
+
+    match = ISO_TIMESTAMP.fullmatch(text)
+    assert match is not None
+    part = match.group
+    try:
+        tz = UTC
+        if part("sign"):
+            if int(part("off_m") or 0) > 59:
+                raise ValueError("offset minutes")
+            minutes = int(part("off_h")) * 60 + int(part("off_m") or 0)
+            tz = timezone(timedelta(minutes=-minutes if part("sign") == "-" else minutes))
+        parsed = datetime(
+            int(part("year")),
+            int(part("month")),
+            int(part("day")),
+            int(part("hour") or 0),
+            int(part("minute") or 0),
+            int(part("second") or 0),
+            int((part("fraction") or "0").ljust(6, "0")),
+            tzinfo=tz,
+        )
+    except ValueError:
+        return "created_at: not a valid date and time"
+    try:
+        return parsed.astimezone(UTC)
+    except OverflowError:
+        return "created_at: out of range (years 1 to 9999 in UTC)"
+
+
+OFFSETS = ["Z", "+00:00", "-00", "+05", "+0530", "+14:00", "-12:00", "+23:59", "+24:00", "+05:60"]
+OFFSETS += ["-0000", "+1500", "+0099"]
+
+
+def test_timestamp_parse_agrees_with_the_rule_spelled_out() -> None:
+    import random
+
+    rng = random.Random(11)
+    for _ in range(50_000):
+        text = "-".join(
+            [
+                rng.choice(["0000", "0001", "0999", "2000", "2023", "2024", "2100", "9999"]),
+                rng.choice(["00", "01", "02", "04", "12", "13"]),
+                rng.choice(["00", "01", "28", "29", "30", "31", "32"]),
+            ]
+        )
+        if rng.random() < 0.8:
+            text += rng.choice("T ") + rng.choice(["00", "23", "24"]) + ":"
+            text += rng.choice(["00", "59", "60"])
+            if rng.random() < 0.7:
+                text += ":" + rng.choice(["00", "59", "60"])
+                if rng.random() < 0.5:
+                    text += "." + "123456"[: rng.randint(1, 6)]
+            if rng.random() < 0.7:
+                text += rng.choice(OFFSETS)
+        try:
+            got: datetime | str = parse_timestamp(text, "created_at")
+        except RowRejected as exc:
+            got = str(exc)
+        assert got == reference_timestamp(text), text
