@@ -343,7 +343,7 @@ class _Import:
             first = [header.rest]
 
             def produce() -> tuple[Scanned, bool]:
-                data = first.pop() if first else reader.read()
+                data = (first.pop() if first else b"") or reader.read()
                 return (scanner.feed(data), False) if data else (scanner.finish(), True)
 
             pending: asyncio.Future[tuple[Scanned, bool]] | None = loop.run_in_executor(

@@ -357,6 +357,24 @@ async def test_a_file_failing_late_leaves_nothing(
     assert await count(engine, "import_runs") == 0
 
 
+@pytest.mark.parametrize("read_bytes", [len(CUSTOMER_HEADER) + 1, 7, 1])
+async def test_reads_of_any_size_give_the_same_import(
+    ctx: dict[str, Any],
+    settings: Settings,
+    engine: AsyncEngine,
+    monkeypatch: pytest.MonkeyPatch,
+    read_bytes: int,
+) -> None:
+    """The first read may end right after the header, or anywhere in a line."""
+    monkeypatch.setattr(csvinput, "READ_BYTES", read_bytes)
+    write(settings, "c.csv.gz", CUSTOMER_HEADER, customer_line(1), customer_line(2, country="x"))
+    result = await run_import(ctx, path="c.csv.gz", max_reject_ratio=0.5)
+    assert (result["rows_read"], result["inserted"], result["rejected"]) == (2, 1, 1)
+    assert await rejects(engine) == [
+        (3, "country: must be 2 ASCII letters", customer_line(2, country="x").decode())
+    ]
+
+
 async def test_progress_is_reported_while_a_long_import_runs(
     app: AppContext, settings: Settings
 ) -> None:
