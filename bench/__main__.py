@@ -9,6 +9,7 @@ import datetime as dt
 import os
 import platform
 import shutil
+import signal
 import sys
 import tempfile
 from collections.abc import Awaitable, Callable
@@ -73,6 +74,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 async def run(args: argparse.Namespace, server: Settings, workdir: Path) -> list[Row]:
     assert server.database_url is not None
+    # SIGTERM cancels the run like Ctrl-C does, so the database is still dropped on the way out.
+    main_task = asyncio.current_task()
+    assert main_task is not None
+    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, main_task.cancel)
     name = database.check_name(args.database)
     url = database.database_url(server.database_url, name)
     say(f"bench: creating database {name} and migrating it")
@@ -156,6 +161,9 @@ def main(argv: list[str] | None = None) -> int:
     except BenchError as exc:
         print(f"bench: {exc}", file=sys.stderr)
         return 2
+    except (KeyboardInterrupt, asyncio.CancelledError):
+        print("bench: interrupted; nothing written", file=sys.stderr)
+        return 130
     finally:
         if args.keep:
             say(f"bench: work directory kept at {workdir}")

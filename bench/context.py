@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import asyncpg
+from sqlalchemy import text
 
 from bench import database
 from bench.pgclient import PgClient
@@ -56,6 +57,13 @@ class BenchContext:
         await self.sql(database.truncate_all(), *fill, f"vacuum analyze {analyze}")
         with contextlib.suppress(asyncpg.InsufficientPrivilegeError):
             await self.sql("checkpoint")  # superuser or pg_checkpoint only: else runs are noisier
+        # Each round starts on fresh connections, as after a worker restart. A pooled connection
+        # keeps its prepared statements across the TRUNCATE, and PostgreSQL re-plans them as the
+        # generic plan it had settled on, costed on the now empty table: transfer_funds' ledger
+        # check then ran as a sequential scan that slowed every batch until autoanalyze came.
+        await self.app.engine.dispose()
+        async with self.app.engine.connect() as conn:  # its connection time is not the job's
+            await conn.execute(text("select 1"))
 
     async def count(self, table: str) -> int:
         value = await database.fetchval(self.url, f"select count(*) from {table}")
