@@ -102,7 +102,6 @@ async def run(args: argparse.Namespace, server: Settings, workdir: Path) -> list
             bench = BenchContext(
                 rows=args.rows,
                 rounds=args.rounds,
-                quick=args.quick,
                 pgbench_seconds=args.pgbench_seconds,
                 settings=settings,
                 app=AppContext(

@@ -22,7 +22,6 @@ class BenchContext:
     rows: int
     """N: rows per import, upsert and export, and the scale of the other scenarios."""
     rounds: int
-    quick: bool
     pgbench_seconds: int
     settings: Settings
     """The service's settings, pointed at the benchmark database and its own directories."""

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from arq.worker import Worker
 
 from bench.harness import BenchError, stopwatch
@@ -43,7 +41,3 @@ async def run_burst(worker: Worker, *, jobs: int) -> float:
             f"the worker completed {complete} of {jobs} jobs ({failed} failed or retried)"
         )
     return elapsed[0]
-
-
-def worker_options(**extra: Any) -> dict[str, Any]:
-    return {"burst": True, "poll_delay": POLL_DELAY_S, "handle_signals": False, **extra}
