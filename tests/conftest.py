@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import sys
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -133,5 +134,9 @@ async def redis(settings: Settings) -> AsyncIterator[ArqRedis]:
 
 
 @pytest.fixture(autouse=True, scope="session")
-def _logging() -> None:
+def _logging() -> Iterator[None]:
     configure_logging("INFO", "json")
+    yield
+    # pytest closes its capture streams before atexit hooks run (pgserver logs from one): point
+    # logging at the real stderr so those late lines don't fail with "I/O operation on closed file".
+    configure_logging("WARNING", "json", stream=sys.__stderr__)
