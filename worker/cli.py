@@ -550,24 +550,19 @@ def cmd_demo(settings: Settings, args: argparse.Namespace) -> int:
 # Arguments
 
 
-def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
-    return value
+def _positive(kind: Callable[[str], float], noun: str) -> Callable[[str], Any]:
+    """An argparse type: `kind(text)`, refused unless it parses and is > 0."""
 
+    def parse(text: str) -> Any:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not {noun}: {text!r}") from None
+        if value <= 0:
+            raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
+        return value
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
-    return value
+    return parse
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -600,7 +595,10 @@ def build_parser() -> argparse.ArgumentParser:
     common.add_argument("--wait", action="store_true", help="wait for the job and show its result")
     common.add_argument("--json", action="store_true", help="print JSON on stdout")
     common.add_argument(
-        "--timeout", type=_positive_float, metavar="S", help="with --wait: give up after S seconds"
+        "--timeout",
+        type=_positive(float, "a number"),
+        metavar="S",
+        help="with --wait: give up after S seconds",
     )
     common.add_argument(
         "--job-id", metavar="ID", help="the job's id; a job with this id is enqueued only once"
@@ -653,7 +651,11 @@ def build_parser() -> argparse.ArgumentParser:
     failed = command("failed", cmd_failed, "list failed jobs still kept in Redis, newest first")
     failed.add_argument("--json", action="store_true", help="print JSON on stdout")
     failed.add_argument(
-        "--limit", type=_positive_int, default=100, metavar="N", help="at most N (default 100)"
+        "--limit",
+        type=_positive(int, "an integer"),
+        default=100,
+        metavar="N",
+        help="at most N (default 100)",
     )
     failed.add_argument("--all", action="store_true", help="include failures already retried")
 
