@@ -21,10 +21,10 @@ from bench import database, exports, imports, queue, transfers, upserts
 from bench.context import BenchContext
 from bench.harness import BenchError, Row, error_text, markdown_table, say, write_json
 from bench.pgclient import PgClient
+from jobs.errors import ConfigError
 from worker import embedded
 from worker.context import AppContext
 from worker.db import create_engine, create_sessionmaker
-from worker.errors import ConfigError
 from worker.logging import configure_logging
 from worker.settings import Settings, get_settings
 

@@ -17,11 +17,12 @@ from pathlib import Path
 from typing import Any
 
 from bench.harness import error_text
-from jobs.exports import export_dataset
+from jobs.exports.job import export_dataset
 from jobs.models import ExportResult
 from worker.context import CTX_KEY, AppContext
 from worker.db import create_engine, create_sessionmaker
 from worker.logging import configure_logging
+from worker.runner import execute
 from worker.settings import Settings
 
 
@@ -42,7 +43,7 @@ async def export_once(settings: Settings, *, fmt: str, compress: bool) -> dict[s
         app = AppContext(settings=settings, engine=engine, sessionmaker=create_sessionmaker(engine))
         ctx = {CTX_KEY: app, "job_id": f"bench-{uuid.uuid4().hex[:12]}", "job_try": 1}
         started = time.perf_counter()
-        raw = await export_dataset.run(ctx, dataset="customers", format=fmt, compress=compress)
+        raw = await execute(export_dataset, ctx, dataset="customers", format=fmt, compress=compress)
         seconds = time.perf_counter() - started
     finally:
         await engine.dispose()

@@ -20,7 +20,7 @@ from jobs.registry import get_dataset
 
 # The baseline's gzip runs at the job's own level, so both spend the same effort compressing.
 try:
-    from jobs.files import GZIP_LEVEL
+    from jobs.exports.files import GZIP_LEVEL
 except ImportError:  # a checkout whose export job does not state its level: zlib's default
     GZIP_LEVEL = 6
 

@@ -18,8 +18,9 @@ from bench.harness import (
     stopwatch,
 )
 from bench.pgclient import PgClient, timed_psql, timed_shell
-from jobs.imports import import_file
+from jobs.imports.job import import_file
 from jobs.models import ImportResult
+from worker.runner import execute
 
 FILE_NAME = "customers.csv"
 
@@ -30,7 +31,7 @@ async def run_import(
     """One `import_file` job, called as arq calls it; its counts must be the expected ones."""
     ctx = bench.job_ctx()
     with stopwatch() as elapsed:
-        raw = await import_file.run(ctx, dataset="customers", path=FILE_NAME, mode=mode)
+        raw = await execute(import_file, ctx, dataset="customers", path=FILE_NAME, mode=mode)
     result = ImportResult.model_validate(raw)
     got = (result.rows_read, result.inserted, result.updated, result.rejected)
     if got != (rows, inserted, updated, 0):

@@ -11,8 +11,9 @@ from bench.harness import BenchError, Measured, Row, compare, say, stopwatch
 from bench.pgclient import pgbench
 from bench.workers import project_worker, run_burst
 from jobs.models import TransferResult
-from jobs.transfers import transfer_funds
+from jobs.transfers.job import transfer_funds
 from worker.redis import connect
+from worker.runner import execute
 
 BATCH = 1_000
 CONCURRENCY = 8
@@ -65,7 +66,7 @@ async def scenarios(bench: BenchContext) -> list[Row]:
         applied = 0
         with stopwatch() as elapsed:
             for batch in batches:
-                raw = await transfer_funds.run(bench.job_ctx(), transfers=batch)
+                raw = await execute(transfer_funds, bench.job_ctx(), transfers=batch)
                 applied += TransferResult.model_validate(raw).applied
         if applied != batched:
             raise BenchError(f"transfer_funds applied {applied} of {batched} transfers")

@@ -31,6 +31,7 @@ from bench.pgclient import timed_psql
 from jobs.models import MAX_UPSERT_ROWS, UpsertResult
 from jobs.tables import customers
 from jobs.upserts import upsert_rows
+from worker.runner import execute
 
 FILE_NAME = "customers.csv"
 
@@ -97,7 +98,7 @@ async def scenarios(bench: BenchContext) -> list[Row]:
         inserted = updated = 0
         with stopwatch() as elapsed:
             for chunk in chunks(payload_rows, MAX_UPSERT_ROWS):
-                raw = await upsert_rows.run(bench.job_ctx(), dataset="customers", rows=chunk)
+                raw = await execute(upsert_rows, bench.job_ctx(), dataset="customers", rows=chunk)
                 result = UpsertResult.model_validate(raw)
                 if result.rejected:
                     raise BenchError(f"upsert_rows rejected {result.rejected} rows")

@@ -17,9 +17,9 @@ from pydantic import (
     field_validator,
 )
 
+from jobs.errors import UnknownDataset
 from jobs.registry import get_dataset
 from jobs.validation import BIGINT_MAX
-from worker.errors import UnknownDataset
 
 MAX_UPSERT_ROWS = 10_000
 MAX_TRANSFERS = 10_000

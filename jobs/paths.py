@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from worker.errors import PathNotAllowed
+from jobs.errors import PathNotAllowed
 
 
 def resolve_inside(base: Path, path: str) -> Path:

@@ -6,7 +6,7 @@ from pydantic import BaseModel
 from sqlalchemy import text
 
 from jobs.models import Payload
-from worker.runner import JobRun, etl_job
+from jobs.spec import JobRun, etl_job
 
 
 class PingPayload(Payload):
@@ -21,6 +21,6 @@ class PingResult(BaseModel):
 @etl_job(name="ping", payload=PingPayload, result=PingResult, timeout_s=30)
 async def ping(run: JobRun, payload: PingPayload) -> PingResult:
     if payload.touch_db:
-        async with run.app.engine.connect() as conn:
+        async with run.engine.connect() as conn:
             await conn.execute(text("select 1"))
     return PingResult(pong=True, database=payload.touch_db)

@@ -10,8 +10,8 @@ from typing import Any
 from sqlalchemy import Table
 
 from jobs import tables
+from jobs.errors import UnknownDataset
 from jobs.validation import validate_account, validate_customer
-from worker.errors import UnknownDataset
 
 RowValidator = Callable[..., dict[str, Any]]
 

@@ -3,8 +3,8 @@
 Each row is checked by the dataset's rules (jobs.validation); a row that breaks one is reported
 with its index and reason and not written. The valid rows go to the database in one statement:
 the payload's columns as arrays, unnested, then the same INSERT ... ON CONFLICT (key) DO UPDATE an
-import uses (jobs.staging). Within the payload the last row for a key wins; a row equal to the
-stored one is left alone (neither inserted nor updated). Everything is one transaction.
+import uses (imports/staging.py). Within the payload the last row for a key wins; a row equal to
+the stored one is left alone (neither inserted nor updated). Everything is one transaction.
 
 A row describes the whole record: a field it leaves out is stored as NULL (or, for created_at,
 as now for a new row, while a stored row keeps its created_at).
@@ -19,18 +19,18 @@ from typing import Any
 from sqlalchemy import ARRAY, BigInteger, FromClause, bindparam, column, func, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from jobs.imports.staging import DEFAULT_NOW, Reference, references, upsert
 from jobs.models import RowReject, UpsertResult, UpsertRowsPayload
 from jobs.registry import Dataset, get_dataset
-from jobs.staging import DEFAULT_NOW, Reference, references, upsert
+from jobs.spec import JobRun, etl_job
 from jobs.validation import RowRejected
-from worker.runner import JobRun, etl_job
 
 
 @etl_job(name="upsert_rows", payload=UpsertRowsPayload, result=UpsertResult, timeout_s=600)
 async def upsert_rows(run: JobRun, payload: UpsertRowsPayload) -> UpsertResult:
     """Insert or update up to 10,000 rows; rows breaking a rule are reported, not written."""
     dataset = get_dataset(payload.dataset, writable=True)
-    async with run.app.engine.begin() as conn:
+    async with run.engine.begin() as conn:
         now: datetime = (await conn.execute(select(func.now()))).scalar_one()
         checked = _Checked(dataset)
         for index, row in enumerate(payload.rows):

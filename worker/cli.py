@@ -23,9 +23,10 @@ from urllib.parse import unquote, urlsplit
 
 from pydantic import BaseModel, ValidationError
 
+from jobs.catalogue import BY_NAME
+from jobs.errors import ConfigError, EtlError, InvalidPayload, is_transient, sqlstate_of
 from worker import cli_payloads, embedded
-from worker.client import SPECS, EtlClient, JobHandle
-from worker.errors import ConfigError, EtlError, InvalidPayload, is_transient, sqlstate_of
+from worker.client import EtlClient, JobHandle
 from worker.logging import configure_logging
 from worker.settings import Settings, get_settings, redact_url
 from worker.status import JobState, list_failed
@@ -348,7 +349,7 @@ async def _enqueue(
     settings: Settings, function: str, payload: BaseModel, args: argparse.Namespace
 ) -> int:
     async with open_client(settings) as client:
-        handle = await client.enqueue(SPECS[function], payload, _job_id=args.job_id)
+        handle = await client.enqueue(BY_NAME[function], payload, _job_id=args.job_id)
         if not handle.created:
             err(f"a job with id {handle.job_id} already exists: not enqueued again")
         if not args.wait:

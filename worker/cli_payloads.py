@@ -15,6 +15,7 @@ from typing import Any, TypeVar
 
 from pydantic import BaseModel, ValidationError
 
+from jobs.errors import EtlError
 from jobs.models import (
     ExportPayload,
     ImportFilePayload,
@@ -23,7 +24,6 @@ from jobs.models import (
     UpsertRowsPayload,
 )
 from jobs.ping import PingPayload
-from worker.errors import EtlError
 
 ModelT = TypeVar("ModelT", bound=BaseModel)
 

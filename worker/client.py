@@ -24,7 +24,10 @@ from arq.constants import expires_extra_ms, job_key_prefix, result_key_prefix
 from arq.utils import timestamp_ms
 from pydantic import BaseModel, ValidationError
 
-from jobs import exports, imports, transfers, upserts
+from jobs.catalogue import BY_NAME, FUNCTIONS
+from jobs.errors import ConfigError, EtlError, InvalidPayload, payload_error
+from jobs.exports.job import export_dataset
+from jobs.imports.job import import_file
 from jobs.models import (
     ExportPayload,
     ExportResult,
@@ -35,23 +38,23 @@ from jobs.models import (
     UpsertResult,
     UpsertRowsPayload,
 )
-from jobs.nightly import nightly_export
 from jobs.ping import PingPayload, PingResult, ping
+from jobs.spec import JobSpec
+from jobs.transfers.job import transfer_funds
+from jobs.upserts import upsert_rows
 from worker import embedded
-from worker.errors import ConfigError, EtlError, InvalidPayload
-from worker.main import JOBS
+from worker.keys import RETRIED_KEY_PREFIX
 from worker.redis import connect
-from worker.runner import JobSpec, payload_error
 from worker.serialization import JobError, serialize
 from worker.settings import Settings, get_settings
-from worker.status import RETRIED_KEY_PREFIX, JobState, read_state
+from worker.status import JobState, read_state
 
 PayloadT = TypeVar("PayloadT", bound=BaseModel)
 ResultT = TypeVar("ResultT", bound=BaseModel)
 
-SPECS: dict[str, JobSpec[Any, Any]] = {spec.name: spec for spec in (*JOBS, nightly_export)}
-"""Every job the worker runs, by name (the nightly export too, so its failures can be retried)."""
-SPEC_BY_PAYLOAD: dict[type[BaseModel], JobSpec[Any, Any]] = {spec.payload: spec for spec in JOBS}
+SPEC_BY_PAYLOAD: dict[type[BaseModel], JobSpec[Any, Any]] = {
+    spec.payload: spec for spec in FUNCTIONS
+}
 
 BATCH_SIZE = 500
 """Jobs per script call: big enough to make round trips rare, small enough not to stall Redis."""
@@ -197,8 +200,8 @@ class JobHandle(Generic[ResultT]):
 
     def _parse(self, state: JobState) -> ResultT:
         model: type[BaseModel] | None = self._result_model
-        if model is None and state.function in SPECS:
-            model = SPECS[state.function].result
+        if model is None and state.function is not None and state.function in BY_NAME:
+            model = BY_NAME[state.function].result
         if model is None:
             raise JobNotFound(
                 f"job {self.job_id} ran {state.function!r}, not one of this service's"
@@ -277,22 +280,22 @@ class EtlClient:
     async def import_file(
         self, payload: ImportFilePayload | Mapping[str, Any], *, _job_id: str | None = None
     ) -> JobHandle[ImportResult]:
-        return await self.enqueue(imports.import_file, payload, _job_id=_job_id)
+        return await self.enqueue(import_file, payload, _job_id=_job_id)
 
     async def upsert_rows(
         self, payload: UpsertRowsPayload | Mapping[str, Any], *, _job_id: str | None = None
     ) -> JobHandle[UpsertResult]:
-        return await self.enqueue(upserts.upsert_rows, payload, _job_id=_job_id)
+        return await self.enqueue(upsert_rows, payload, _job_id=_job_id)
 
     async def export_dataset(
         self, payload: ExportPayload | Mapping[str, Any], *, _job_id: str | None = None
     ) -> JobHandle[ExportResult]:
-        return await self.enqueue(exports.export_dataset, payload, _job_id=_job_id)
+        return await self.enqueue(export_dataset, payload, _job_id=_job_id)
 
     async def transfer_funds(
         self, payload: TransferPayload | Mapping[str, Any], *, _job_id: str | None = None
     ) -> JobHandle[TransferResult]:
-        return await self.enqueue(transfers.transfer_funds, payload, _job_id=_job_id)
+        return await self.enqueue(transfer_funds, payload, _job_id=_job_id)
 
     async def ping(
         self, payload: PingPayload | Mapping[str, Any] | None = None, *, _job_id: str | None = None
@@ -374,7 +377,7 @@ class EtlClient:
             raise CannotRetry(f"job {job_id} ran on queue {state.queue_name!r}, not this one")
         if state.retried_as is not None:
             raise CannotRetry(f"job {job_id} was already retried as {state.retried_as}")
-        spec = SPECS.get(state.function or "")
+        spec = BY_NAME.get(state.function or "")
         if spec is None:
             raise CannotRetry(
                 f"job {job_id} ran {state.function!r}, which this worker does not run"

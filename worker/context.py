@@ -7,6 +7,7 @@ from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
+from jobs.spec import JobConfig
 from worker.settings import Settings
 
 CTX_KEY = "etl"
@@ -14,11 +15,22 @@ CTX_KEY = "etl"
 
 @dataclass(frozen=True, slots=True)
 class AppContext:
-    """The worker's shared resources. Jobs open their own sessions or connections from these."""
+    """The worker's shared resources. Jobs open their own sessions from the sessionmaker."""
 
     settings: Settings
     engine: AsyncEngine
     sessionmaker: async_sessionmaker[AsyncSession]
+
+    @property
+    def job_config(self) -> JobConfig:
+        """The settings jobs read, handed to them through their run handle."""
+        s = self.settings
+        return JobConfig(
+            import_dir=s.import_dir,
+            export_dir=s.export_dir,
+            export_keep=s.export_keep,
+            nightly_datasets=tuple(s.nightly_dataset_names),
+        )
 
 
 def app_context(ctx: dict[str, Any]) -> AppContext:

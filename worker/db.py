@@ -1,11 +1,8 @@
-"""Engine and session factories, and the raw asyncpg connection behind a SQLAlchemy one."""
+"""The engine and the session factory: created once per process, disposed of at exit."""
 
 from __future__ import annotations
 
-import asyncpg
-from sqlalchemy import text
 from sqlalchemy.ext.asyncio import (
-    AsyncConnection,
     AsyncEngine,
     AsyncSession,
     async_sessionmaker,
@@ -38,17 +35,3 @@ def create_engine(settings: Settings) -> AsyncEngine:
 
 def create_sessionmaker(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:
     return async_sessionmaker(engine, expire_on_commit=False)
-
-
-async def driver_connection(conn: AsyncConnection) -> asyncpg.Connection:
-    """The asyncpg connection under `conn`, inside `conn`'s transaction.
-
-    SQLAlchemy's asyncpg adapter sends BEGIN lazily, with the first statement. A COPY sent through
-    the raw connection before that would run in autocommit and could not be rolled back, so a
-    statement runs first to make sure the transaction has begun.
-    """
-    await conn.execute(text("select 1"))
-    raw = await conn.get_raw_connection()
-    driver = raw.driver_connection
-    assert isinstance(driver, asyncpg.Connection)
-    return driver

@@ -40,7 +40,7 @@ from jobs.models import (
     UpsertRowsPayload,
 )
 from jobs.tables import import_rejects
-from jobs.transfer_plan import CURRENCY_MISMATCH, INSUFFICIENT_FUNDS
+from jobs.transfers.plan import CURRENCY_MISMATCH, INSUFFICIENT_FUNDS
 from worker.client import EtlClient, JobHandle
 from worker.db import create_engine
 from worker.main import build_worker_settings

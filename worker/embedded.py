@@ -20,7 +20,7 @@ from pathlib import Path
 
 import structlog
 
-from worker.errors import ConfigError
+from jobs.errors import ConfigError
 from worker.settings import Settings
 
 log = structlog.get_logger(__name__)

@@ -8,6 +8,7 @@ and starts nothing; `build_worker_settings()` is what tests and the CLI call.
 from __future__ import annotations
 
 import gc
+from collections.abc import Iterable
 from datetime import UTC
 from typing import Any
 
@@ -17,30 +18,20 @@ from arq.connections import RedisSettings
 from arq.cron import CronJob
 from arq.worker import Function, func
 
-from jobs.exports import export_dataset
-from jobs.imports import import_file
-from jobs.nightly import nightly_export
-from jobs.ping import ping
-from jobs.transfers import transfer_funds
-from jobs.upserts import upsert_rows
+from jobs.catalogue import FUNCTIONS, SCHEDULED
+from jobs.exports.nightly import nightly_export
+from jobs.spec import AnySpec
 from worker import embedded
 from worker.context import CTX_KEY, AppContext
 from worker.db import create_engine, create_sessionmaker
 from worker.logging import configure_logging, reclaim_arq_logger
 from worker.redis import redis_settings
-from worker.runner import JobSpec
+from worker.runner import arq_function
 from worker.serialization import deserialize, serialize
 from worker.settings import Settings, get_settings
 
 log = structlog.get_logger("worker")
 
-JOBS: tuple[JobSpec[Any, Any], ...] = (
-    import_file,
-    upsert_rows,
-    export_dataset,
-    transfer_funds,
-    ping,
-)
 HEALTH_CHECK_INTERVAL_S = 10
 # The runner enforces each job's own time limit and reports an overrun by name (JobTimeout); arq's
 # timeout, this much later, is only the backstop.
@@ -60,7 +51,11 @@ async def startup(ctx: dict[str, Any]) -> None:
         pool_size=settings.pool_size,
         max_overflow=settings.max_overflow,
     )
-    log.info("worker.started", queue=settings.queue_name, functions=[j.name for j in JOBS])
+    log.info(
+        "worker.started",
+        queue=settings.queue_name,
+        functions=[j.name for j in (*FUNCTIONS, *SCHEDULED)],
+    )
     # What exists now (modules, the engine) lives as long as the process; keeping it out of the
     # collector's generations makes the collections that jobs trigger cheaper (measured: Python CPU
     # per 1,000-transfer batch fell from ~20 ms to ~13 ms).
@@ -85,15 +80,16 @@ async def after_job_end(ctx: dict[str, Any]) -> None:
     structlog.contextvars.clear_contextvars()
 
 
-def functions(settings: Settings) -> list[Function]:
+def functions(settings: Settings, specs: Iterable[AnySpec] = FUNCTIONS) -> list[Function]:
+    """arq Functions for `specs` (the catalogue's by default), each with its own time limit."""
     return [
         func(
-            job.run,
+            arq_function(job),
             name=job.name,
             timeout=job.timeout_s + ARQ_TIMEOUT_MARGIN_S,
             max_tries=settings.max_tries,
         )
-        for job in JOBS
+        for job in specs
     ]
 
 
@@ -101,7 +97,7 @@ def cron_jobs(settings: Settings) -> list[CronJob]:
     at = settings.nightly_at
     return [
         cron(
-            nightly_export.run,
+            arq_function(nightly_export),
             name=nightly_export.name,
             hour={at.hour},
             minute={at.minute},

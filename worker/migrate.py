@@ -8,7 +8,7 @@ from alembic.config import Config
 from alembic.script import ScriptDirectory
 
 from alembic import command
-from worker.errors import ConfigError
+from jobs.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -1,69 +1,48 @@
 """How every job runs: payload validation, log context, retries, heartbeat, the canonical line.
 
-A job module writes `async def impl(run: JobRun, payload: SomePayload) -> SomeResult` and wraps it
-with `@etl_job(...)`; the worker registers the resulting JobSpec's `run` with arq.
+Jobs are JobSpecs (jobs/spec.py); `arq_function(spec)` is what the worker registers with arq, and
+`RunHandle` is the worker's side of the run handle a job receives.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import random
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from typing import Any, Generic, TypeVar
+from typing import Any, TypeVar, cast
 
 import structlog
 from arq import Retry
-from arq.constants import in_progress_key_prefix
+from arq.typing import WorkerCoroutine
 from pydantic import BaseModel, ValidationError
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
-from worker.context import AppContext, app_context
-from worker.errors import (
+from jobs.backoff import backoff_delay
+from jobs.errors import (
     EtlError,
     InvalidPayload,
-    JobFailed,
     JobTimeout,
     TransientError,
+    UnexpectedError,
     describe,
     is_transient,
+    payload_error,
 )
+from jobs.spec import JobConfig, JobSpec
+from worker.context import AppContext, app_context
+from worker.keys import PROGRESS_KEY_PREFIX, PROGRESS_TTL_S, in_progress_key_prefix
+from worker.serialization import serialize
 
 log = structlog.get_logger("worker.job")
 
 PayloadT = TypeVar("PayloadT", bound=BaseModel)
 ResultT = TypeVar("ResultT", bound=BaseModel)
 
-PROGRESS_KEY_PREFIX = "etl:progress:"
 _PROGRESS_EVERY_S = 2.0
 # Publishing progress must not hold the job up while Redis is away (its client retries for a while).
 _PROGRESS_PUBLISH_TIMEOUT_S = 1.0
-# Past this many doublings the delay is at its cap anyway; the bound keeps 2**n a small float.
-_MAX_DOUBLINGS = 62
-
-
-def backoff_delay(
-    job_try: int, *, base_s: float, cap_s: float, rand: Callable[[], float] = random.random
-) -> float:
-    """Seconds before try `job_try + 1`: exponential from `base_s`, capped, with equal jitter.
-
-    Try 1 failed: between base/2 and base; try 2: base..2*base; ... never more than `cap_s`. Half
-    the delay is random so that jobs failed by one outage do not all come back at the same moment.
-    """
-    doublings = min(max(job_try - 1, 0), _MAX_DOUBLINGS)
-    ceiling = min(cap_s, base_s * 2.0**doublings)
-    return float(ceiling / 2 + ceiling / 2 * rand())
-
-
-def payload_error(exc: ValidationError) -> InvalidPayload:
-    """One line naming each bad field and why, without echoing the input values."""
-    parts = []
-    for error in exc.errors(include_input=False, include_url=False):
-        where = ".".join(str(part) for part in error["loc"]) or "payload"
-        message = error["msg"].removeprefix("Value error, ")
-        parts.append(f"{where}: {message}")
-    return InvalidPayload("invalid payload: " + "; ".join(parts))
 
 
 def validate_payload(
@@ -78,8 +57,8 @@ def validate_payload(
 
 
 @dataclass
-class JobRun:
-    """One run of one job: the worker's resources plus this run's identity and progress."""
+class RunHandle:
+    """The run handle (jobs.spec.JobRun) as the worker implements it: one per run of one job."""
 
     app: AppContext
     job_id: str
@@ -87,6 +66,18 @@ class JobRun:
     redis: Any = None
     counters: dict[str, int] = field(default_factory=dict)
     _last_progress: float = 0.0
+
+    @property
+    def config(self) -> JobConfig:
+        return self.app.job_config
+
+    @property
+    def engine(self) -> AsyncEngine:
+        return self.app.engine
+
+    @property
+    def sessionmaker(self) -> async_sessionmaker[AsyncSession]:
+        return self.app.sessionmaker
 
     async def progress(self, **counters: int) -> None:
         """Record progress; logged and published to Redis at most every couple of seconds."""
@@ -97,39 +88,23 @@ class JobRun:
         self._last_progress = now
         log.info("job.progress", **self.counters)
         if self.redis is not None:
-            from worker.serialization import serialize
-
             with contextlib.suppress(Exception):  # progress is best effort; the job goes on
                 async with asyncio.timeout(_PROGRESS_PUBLISH_TIMEOUT_S):
                     await self.redis.set(
-                        PROGRESS_KEY_PREFIX + self.job_id, serialize(self.counters), ex=3600
+                        PROGRESS_KEY_PREFIX + self.job_id,
+                        serialize(self.counters),
+                        ex=PROGRESS_TTL_S,
                     )
 
 
-@dataclass(frozen=True)
-class JobSpec(Generic[PayloadT, ResultT]):
-    """A job as the worker registers it and the client enqueues it."""
+def arq_function(spec: JobSpec[Any, Any]) -> WorkerCoroutine:
+    """The coroutine arq calls for `spec`: `(ctx, **payload) -> result as a dict`."""
 
-    name: str
-    payload: type[PayloadT]
-    result: type[ResultT]
-    timeout_s: float
-    impl: Callable[[JobRun, PayloadT], Awaitable[ResultT]]
+    async def run(ctx: dict[str, Any], *args: Any, **kwargs: Any) -> dict[str, Any]:
+        return await execute(spec, ctx, *args, **kwargs)
 
-    async def run(self, ctx: dict[str, Any], *args: Any, **kwargs: Any) -> dict[str, Any]:
-        """arq's entry point for this job."""
-        return await run_job(self, ctx, args, kwargs)
-
-
-def etl_job(
-    *, name: str, payload: type[PayloadT], result: type[ResultT], timeout_s: float
-) -> Callable[[Callable[[JobRun, PayloadT], Awaitable[ResultT]]], JobSpec[PayloadT, ResultT]]:
-    def wrap(
-        impl: Callable[[JobRun, PayloadT], Awaitable[ResultT]],
-    ) -> JobSpec[PayloadT, ResultT]:
-        return JobSpec(name=name, payload=payload, result=result, timeout_s=timeout_s, impl=impl)
-
-    return wrap
+    run.__qualname__ = run.__name__ = spec.name
+    return cast(WorkerCoroutine, run)
 
 
 @contextlib.asynccontextmanager
@@ -182,7 +157,9 @@ def _counters(result: BaseModel) -> dict[str, Any]:
     return out
 
 
-async def _within_timeout(spec: JobSpec[Any, ResultT], run: JobRun, payload: BaseModel) -> ResultT:
+async def _within_timeout(
+    spec: JobSpec[Any, ResultT], run: RunHandle, payload: BaseModel
+) -> ResultT:
     """Run the job under its own time limit, so an overrun is reported as such.
 
     arq's own timeout (set a little longer in worker.main) would cancel the job and record a bare
@@ -201,14 +178,15 @@ async def _within_timeout(spec: JobSpec[Any, ResultT], run: JobRun, payload: Bas
         raise
 
 
-async def run_job(
-    spec: JobSpec[Any, Any], ctx: dict[str, Any], args: tuple[Any, ...], kwargs: dict[str, Any]
+async def execute(
+    spec: JobSpec[Any, Any], ctx: dict[str, Any], *args: Any, **kwargs: Any
 ) -> dict[str, Any]:
+    """Run one job with arq's `ctx` and the payload as arq received it."""
     app = app_context(ctx)
     settings = app.settings
     job_id = str(ctx.get("job_id", ""))
     job_try = int(ctx.get("job_try", 1))
-    run = JobRun(app=app, job_id=job_id, job_try=job_try, redis=ctx.get("redis"))
+    run = RunHandle(app=app, job_id=job_id, job_try=job_try, redis=ctx.get("redis"))
     started = time.perf_counter()
     status = "failed"
     fields: dict[str, Any] = {}
@@ -242,7 +220,7 @@ async def run_job(
                 log.exception("job.crashed")
                 # What `etl failed` shows: one line naming the driver's error, rather than
                 # SQLAlchemy's text with the statement and its row data over several lines.
-                raise JobFailed(describe(exc)) from exc
+                raise UnexpectedError(describe(exc)) from exc
             if job_try >= settings.max_tries:
                 fields["error"] = f"gave up after {job_try} tries: {describe(exc)}"
                 raise TransientError(fields["error"]) from exc

@@ -21,11 +21,9 @@ from arq.constants import (
 )
 from redis.asyncio import Redis
 
-from worker.errors import EtlError
-from worker.runner import PROGRESS_KEY_PREFIX
+from jobs.errors import EtlError
+from worker.keys import PROGRESS_KEY_PREFIX, RETRIED_KEY_PREFIX
 from worker.serialization import JobError, deserialize
-
-RETRIED_KEY_PREFIX = "etl:retried:"
 
 State = Literal["queued", "deferred", "in_progress", "complete", "failed", "not_found"]
 

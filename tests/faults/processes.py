@@ -17,7 +17,7 @@ from typing import Any
 from arq.connections import ArqRedis
 from arq.constants import in_progress_key_prefix, result_key_prefix
 
-from worker.runner import PROGRESS_KEY_PREFIX
+from worker.keys import PROGRESS_KEY_PREFIX
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -9,14 +9,11 @@ from __future__ import annotations
 
 import asyncio
 
-from arq.worker import Function, func
 from pydantic import BaseModel, Field
 from sqlalchemy import text
 
 from jobs.models import Payload
-from worker.main import ARQ_TIMEOUT_MARGIN_S
-from worker.runner import JobRun, JobSpec, etl_job
-from worker.settings import Settings
+from jobs.spec import JobRun, JobSpec, etl_job
 
 
 class LoadPayload(Payload):
@@ -34,7 +31,7 @@ class LoadResult(BaseModel):
 @etl_job(name="load_customers", payload=LoadPayload, result=LoadResult, timeout_s=600)
 async def load_customers(run: JobRun, payload: LoadPayload) -> LoadResult:
     """Insert `rows` customers `<prefix>-<n>` in one transaction: all of them or none."""
-    async with run.app.engine.begin() as conn:
+    async with run.engine.begin() as conn:
         for low in range(1, payload.rows + 1, payload.chunk):
             high = min(low + payload.chunk - 1, payload.rows)
             await conn.execute(
@@ -65,7 +62,7 @@ class NapResult(BaseModel):
 @etl_job(name="nap", payload=NapPayload, result=NapResult, timeout_s=600)
 async def nap(run: JobRun, payload: NapPayload) -> NapResult:
     """Write one customer, then keep the transaction open `seconds` before committing."""
-    async with run.app.engine.begin() as conn:
+    async with run.engine.begin() as conn:
         await conn.execute(
             text(
                 "insert into customers (external_id, email, full_name, country, created_at) "
@@ -79,15 +76,3 @@ async def nap(run: JobRun, payload: NapPayload) -> NapResult:
 
 
 STAND_INS: tuple[JobSpec[Payload, BaseModel], ...] = (load_customers, nap)  # type: ignore[assignment]
-
-
-def stand_in_functions(settings: Settings) -> list[Function]:
-    return [
-        func(
-            job.run,
-            name=job.name,
-            timeout=job.timeout_s + ARQ_TIMEOUT_MARGIN_S,
-            max_tries=settings.max_tries,
-        )
-        for job in STAND_INS
-    ]

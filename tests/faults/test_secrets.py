@@ -93,7 +93,7 @@ async def test_no_password_in_any_output_or_stored_error(rig: Rig) -> None:
     refused = await rig.enqueue("ping")
     record = await wait_for_result(rig.redis, refused, within_s=30)
     assert record["r"] == {
-        "__error__": "JobFailed",
+        "__error__": "UnexpectedError",
         "message": 'InvalidPasswordError: password authentication failed for user "etl_fault"',
     }
     wrong_db.terminate()

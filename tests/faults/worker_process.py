@@ -12,7 +12,7 @@ import contextlib
 
 from arq.worker import Worker
 
-from tests.faults.stand_in_jobs import stand_in_functions
+from tests.faults.stand_in_jobs import STAND_INS
 from worker.logging import configure_logging
 from worker.main import build_worker_settings, functions
 from worker.settings import Settings
@@ -24,7 +24,7 @@ async def run(settings: Settings) -> None:
     worker = Worker(
         **build_worker_settings(
             settings,
-            functions=[*functions(settings), *stand_in_functions(settings)],
+            functions=[*functions(settings), *functions(settings, STAND_INS)],
             poll_delay=POLL_DELAY_S,
         )
     )

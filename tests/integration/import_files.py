@@ -9,7 +9,8 @@ from typing import Any
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from jobs.imports import import_file
+from jobs.imports.job import import_file
+from worker.runner import execute
 from worker.settings import Settings
 
 CUSTOMER_HEADER = b"external_id,email,full_name,country,created_at"
@@ -39,7 +40,7 @@ def customer_line(i: int, **overrides: str) -> bytes:
 
 async def run_import(ctx: dict[str, Any], **kwargs: Any) -> dict[str, Any]:
     kwargs.setdefault("dataset", "customers")
-    result: dict[str, Any] = await import_file.run(ctx, **kwargs)
+    result: dict[str, Any] = await execute(import_file, ctx, **kwargs)
     return result
 
 

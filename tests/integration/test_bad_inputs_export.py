@@ -13,9 +13,10 @@ from sqlalchemy import func, insert, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from jobs import tables
-from jobs.exports import export_dataset
+from jobs.errors import InvalidPayload
+from jobs.exports.job import export_dataset
 from tests.integration.worker_helpers import run_burst
-from worker.errors import InvalidPayload
+from worker.runner import execute
 from worker.serialization import JobError
 from worker.settings import Settings
 
@@ -92,7 +93,7 @@ async def test_bad_payload_is_refused_before_anything_is_written(
             )
         )
     with pytest.raises(InvalidPayload) as caught:
-        await export_dataset.run(ctx, **payload)
+        await execute(export_dataset, ctx, **payload)
     assert str(caught.value) == message
     assert "\n" not in str(caught.value)
     assert written(settings.export_dir) == []
@@ -104,7 +105,7 @@ async def test_bad_payload_is_refused_before_anything_is_written(
 
 async def test_positional_arguments_are_refused(ctx: dict[str, Any], settings: Settings) -> None:
     with pytest.raises(InvalidPayload, match="keyword arguments only"):
-        await export_dataset.run(ctx, "customers")
+        await execute(export_dataset, ctx, "customers")
     assert written(settings.export_dir) == []
 
 

@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from jobs.errors import InputFileError, InvalidPayload, PathNotAllowed
 from tests.integration.import_files import (
     CUSTOMER_HEADER,
     count,
@@ -18,7 +19,6 @@ from tests.integration.import_files import (
     run_import,
     write,
 )
-from worker.errors import InputFileError, InvalidPayload, PathNotAllowed
 from worker.settings import Settings
 
 ALL_COLUMNS = "external_id, email, full_name, country, created_at"

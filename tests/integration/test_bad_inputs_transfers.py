@@ -12,17 +12,18 @@ import asyncpg
 import pytest
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from jobs.transfer_plan import (
+from jobs.errors import InvalidPayload
+from jobs.transfers.job import transfer_funds
+from jobs.transfers.plan import (
     NOT_POSITIVE,
     REPEATED_IN_BATCH,
     SAME_ACCOUNT,
     UNKNOWN_FROM,
     UNKNOWN_TO,
 )
-from jobs.transfers import transfer_funds
 from jobs.validation import BIGINT_MAX
 from tests.integration.test_transfers import balances, connect, ledger, seed_accounts, transfer
-from worker.errors import InvalidPayload
+from worker.runner import execute
 
 
 @pytest.fixture
@@ -58,7 +59,7 @@ async def test_a_transfer_breaking_a_rule_is_rejected_and_the_rest_applies(
 ) -> None:
     good = transfer(1, 2, 30)
 
-    result = await transfer_funds.run(ctx, transfers=[bad, good])
+    result = await execute(transfer_funds, ctx, transfers=[bad, good])
 
     assert result == {
         "applied": 1,
@@ -85,7 +86,7 @@ async def test_the_same_id_twice_in_a_batch_counts_once(
     first = transfer(1, 2, 30)
     again = {**first, "amount_cents": 40}
 
-    result = await transfer_funds.run(ctx, transfers=[first, again])
+    result = await execute(transfer_funds, ctx, transfers=[first, again])
 
     assert [(r["status"], r["reason"]) for r in result["results"]] == [
         ("applied", None),
@@ -148,7 +149,7 @@ async def test_a_payload_of_the_wrong_shape_fails_before_anything_is_written(
     message: str,
 ) -> None:
     with pytest.raises(InvalidPayload) as failure:
-        await transfer_funds.run(ctx, transfers=transfers)
+        await execute(transfer_funds, ctx, transfers=transfers)
 
     text = str(failure.value)
     assert text.startswith(f"invalid payload: {message}")
@@ -161,20 +162,22 @@ async def test_a_payload_without_transfers_or_with_other_fields_fails(
     ctx: dict[str, Any], accounts: None, observer: asyncpg.Connection
 ) -> None:
     with pytest.raises(InvalidPayload, match=r"^invalid payload: transfers: Field required$"):
-        await transfer_funds.run(ctx)
+        await execute(transfer_funds, ctx)
     with pytest.raises(
         InvalidPayload, match=r"^invalid payload: dry_run: Extra inputs are not permitted$"
     ):
-        await transfer_funds.run(ctx, transfers=[transfer(1, 2, 1)], dry_run=True)
+        await execute(transfer_funds, ctx, transfers=[transfer(1, 2, 1)], dry_run=True)
     with pytest.raises(InvalidPayload, match="keyword arguments only"):
-        await transfer_funds.run(ctx, [transfer(1, 2, 1)])
+        await execute(transfer_funds, ctx, [transfer(1, 2, 1)])
     assert await ledger(observer) == {}
 
 
 async def test_ten_thousand_transfers_are_accepted(
     ctx: dict[str, Any], accounts: None, observer: asyncpg.Connection
 ) -> None:
-    result = await transfer_funds.run(ctx, transfers=[transfer(1, 2, 1) for _ in range(10_000)])
+    result = await execute(
+        transfer_funds, ctx, transfers=[transfer(1, 2, 1) for _ in range(10_000)]
+    )
 
     assert (result["applied"], result["rejected"]) == (100, 9_900)
     assert await balances(observer) == {1: 0, 2: 100}

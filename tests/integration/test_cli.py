@@ -16,6 +16,7 @@ from arq.worker import func
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from jobs.errors import PermanentError
 from tests.integration.etl_process import (
     ETL,
     base_env,
@@ -26,8 +27,7 @@ from tests.integration.etl_process import (
     worker_process,
 )
 from tests.integration.worker_helpers import run_burst
-from worker.errors import PermanentError
-from worker.runner import PROGRESS_KEY_PREFIX
+from worker.keys import PROGRESS_KEY_PREFIX
 from worker.serialization import serialize
 from worker.settings import Settings
 

@@ -13,6 +13,7 @@ from arq.constants import in_progress_key_prefix, job_key_prefix
 from arq.jobs import Job
 from arq.worker import func
 
+from jobs.errors import InvalidPayload, PermanentError
 from jobs.models import ExportPayload, ImportFilePayload, TransferPayload
 from jobs.ping import PingPayload, PingResult
 from tests.integration.etl_process import drop_queue
@@ -25,7 +26,6 @@ from worker.client import (
     JobNotFound,
     JobRequest,
 )
-from worker.errors import InvalidPayload, PermanentError
 from worker.runner import PROGRESS_KEY_PREFIX
 from worker.serialization import serialize
 from worker.settings import Settings

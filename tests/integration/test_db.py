@@ -6,7 +6,7 @@ import pytest
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from worker.db import driver_connection
+from jobs.db import driver_connection
 
 
 async def test_copy_through_the_driver_connection_rolls_back_with_the_transaction(

@@ -18,7 +18,8 @@ import pytest
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from jobs.export_stream import BATCH_ROWS
+from jobs.exports.stream import BATCH_ROWS
+from worker.runner import RunHandle
 
 ROOT = Path(__file__).resolve().parents[2]
 N = 200_000
@@ -111,12 +112,11 @@ def _reset_peak() -> None:
 async def _child(
     database_url: str, export_dir: Path, *, fmt: str, compress: bool, since: str | None
 ) -> dict[str, Any]:
-    from jobs.exports import export_dataset
+    from jobs.exports.job import export_dataset
     from jobs.models import ExportPayload
     from worker.context import AppContext
     from worker.db import create_engine, create_sessionmaker
     from worker.logging import configure_logging
-    from worker.runner import JobRun
     from worker.settings import Settings
 
     configure_logging("WARNING", "json")
@@ -128,7 +128,7 @@ async def _child(
         _reset_peak()
         base = _status_mb("VmRSS")
         app = AppContext(settings=settings, engine=engine, sessionmaker=create_sessionmaker(engine))
-        run = JobRun(app=app, job_id=uuid.uuid4().hex, job_try=1)
+        run = RunHandle(app=app, job_id=uuid.uuid4().hex, job_try=1)
         payload = ExportPayload.model_validate(
             {"dataset": "customers", "format": fmt, "compress": compress, "since": since}
         )

@@ -25,15 +25,16 @@ from sqlalchemy import insert, select, text
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.pool import NullPool
 
-from jobs import export_stream, tables
-from jobs.export_stream import snapshot
-from jobs.exports import export_dataset
+from jobs import tables
+from jobs.errors import PathNotAllowed
+from jobs.exports import stream as export_stream
+from jobs.exports.job import export_dataset
+from jobs.exports.stream import snapshot
 from jobs.models import ExportPayload, ExportResult
 from jobs.registry import get_dataset
 from tests.integration.worker_helpers import run_burst
 from worker.context import AppContext
-from worker.errors import PathNotAllowed
-from worker.runner import JobRun
+from worker.runner import RunHandle
 from worker.settings import Settings
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
@@ -157,8 +158,8 @@ def listing(directory: Path) -> list[str]:
 
 
 @dataclass
-class HookRun(JobRun):
-    """A JobRun that calls `hook(n)` on its n-th progress report (0-based)."""
+class HookRun(RunHandle):
+    """A RunHandle that calls `hook(n)` on its n-th progress report (0-based)."""
 
     hook: Any = None
     calls: int = 0
@@ -171,8 +172,8 @@ class HookRun(JobRun):
         await super().progress(**counters)
 
 
-async def export(app: AppContext, run: JobRun | None = None, **payload: Any) -> ExportResult:
-    run = run or JobRun(app=app, job_id=uuid.uuid4().hex, job_try=1)
+async def export(app: AppContext, run: RunHandle | None = None, **payload: Any) -> ExportResult:
+    run = run or RunHandle(app=app, job_id=uuid.uuid4().hex, job_try=1)
     return await export_dataset.impl(run, ExportPayload.model_validate(payload))
 
 
@@ -317,7 +318,7 @@ async def test_manifest_describes_the_file(app: AppContext, engine: AsyncEngine)
     await seed_all(engine)
     async with engine.connect() as conn:
         before = (await conn.execute(text("select clock_timestamp()"))).scalar_one()
-    run = JobRun(app=app, job_id="5f2b8c0e9d6a4b1c8e7f6a5b4c3d2e1f", job_try=1)
+    run = RunHandle(app=app, job_id="5f2b8c0e9d6a4b1c8e7f6a5b4c3d2e1f", job_try=1)
     result = await export(app, run, dataset="customers", format="csv", compress=True)
     async with engine.connect() as conn:
         after = (await conn.execute(text("select clock_timestamp()"))).scalar_one()

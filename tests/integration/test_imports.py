@@ -14,8 +14,10 @@ from arq.jobs import Job
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from jobs import csvinput, imports
-from jobs.imports import import_file, import_id_for
+from jobs.errors import TooManyRejects
+from jobs.imports import csvinput
+from jobs.imports import job as imports
+from jobs.imports.job import import_file, import_id_for
 from jobs.models import ImportFilePayload
 from jobs.validation import parse_timestamp
 from tests.integration.import_files import (
@@ -30,8 +32,7 @@ from tests.integration.import_files import (
 )
 from tests.integration.worker_helpers import run_burst
 from worker.context import AppContext
-from worker.errors import TooManyRejects
-from worker.runner import JobRun
+from worker.runner import RunHandle
 from worker.settings import Settings
 
 CUSTOMERS = "select external_id, email, full_name, country, created_at from customers order by 1"
@@ -327,7 +328,7 @@ async def test_nothing_is_visible_from_another_session_until_the_import_commits(
     write(settings, "c.csv", CUSTOMER_HEADER, *(customer_line(i) for i in range(2000)))
     seen: list[int] = []
 
-    class Watched(JobRun):
+    class Watched(RunHandle):
         async def progress(self, **counters: int) -> None:
             seen.append(await count(engine, "customers"))
 
@@ -381,7 +382,7 @@ async def test_progress_is_reported_while_a_long_import_runs(
     write(settings, "c.csv", CUSTOMER_HEADER, *(customer_line(i) for i in range(3000)))
     calls: list[dict[str, int]] = []
 
-    class Counting(JobRun):
+    class Counting(RunHandle):
         async def progress(self, **counters: int) -> None:
             calls.append(counters)
 

@@ -13,10 +13,10 @@ from pydantic import BaseModel
 from sqlalchemy.engine import make_url
 
 from jobs.models import Payload
+from jobs.spec import JobRun, etl_job
 from tests.integration.worker_helpers import run_burst
 from worker.logging import configure_logging
 from worker.main import functions
-from worker.runner import JobRun, etl_job
 from worker.settings import Settings
 
 ENGINES: list[int] = []

@@ -23,13 +23,13 @@ from sqlalchemy import insert, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from jobs import tables
-from jobs.nightly import NightlyPayload, nightly_export
+from jobs.errors import ConfigError
+from jobs.exports.nightly import NightlyPayload, nightly_export
 from jobs.registry import get_dataset
 from tests.integration.worker_helpers import make_worker
 from worker.context import AppContext
-from worker.errors import ConfigError
 from worker.redis import connect
-from worker.runner import JobRun
+from worker.runner import RunHandle
 from worker.settings import Settings
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
@@ -108,8 +108,8 @@ def place(directory: Path, name: str, *, manifest: bool = True, age_s: float = 0
             os.utime(path, (then, then))
 
 
-async def run_nightly(app: AppContext, run: JobRun | None = None) -> dict[str, Any]:
-    run = run or JobRun(app=app, job_id="nightly_export:1767232800123", job_try=1)
+async def run_nightly(app: AppContext, run: RunHandle | None = None) -> dict[str, Any]:
+    run = run or RunHandle(app=app, job_id="nightly_export:1767232800123", job_try=1)
     result = await nightly_export.impl(run, NightlyPayload())
     return result.model_dump(mode="json")
 
@@ -141,7 +141,7 @@ async def test_nightly_writes_each_dataset_as_gzipped_csv(
 
 
 @dataclass
-class MeddlingRun(JobRun):
+class MeddlingRun(RunHandle):
     """Commits a new customer and an account for it from another connection at every report."""
 
     engine: Any = None

@@ -20,10 +20,11 @@ from structlog.contextvars import merge_contextvars
 from structlog.testing import capture_logs
 
 from jobs.models import Payload
+from jobs.spec import JobRun, etl_job
 from tests.integration.worker_helpers import run_burst
 from worker.main import functions
 from worker.redis import connect
-from worker.runner import JobRun, _heartbeat, etl_job
+from worker.runner import _heartbeat
 from worker.settings import Settings
 
 

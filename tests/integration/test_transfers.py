@@ -15,7 +15,8 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 import jobs.transfers
-from jobs.transfer_plan import (
+from jobs.transfers.job import transfer_funds
+from jobs.transfers.plan import (
     ALREADY_RECORDED,
     BALANCE_OVERFLOW,
     NOT_POSITIVE,
@@ -24,9 +25,9 @@ from jobs.transfer_plan import (
     UNKNOWN_FROM,
     UNKNOWN_TO,
 )
-from jobs.transfers import transfer_funds
 from jobs.validation import BIGINT_MAX
 from tests.integration.worker_helpers import run_burst
+from worker.runner import execute
 from worker.settings import Settings
 
 Balances = dict[int, int]
@@ -94,7 +95,7 @@ async def test_transfers_apply_in_order_and_are_recorded(
     await seed_accounts(engine, {1: ("EUR", 1_000), 2: ("EUR", 0), 3: ("EUR", 50)})
     batch = [transfer(1, 2, 700), transfer(2, 3, 650), transfer(3, 1, 700)]
 
-    result = await transfer_funds.run(ctx, transfers=batch)
+    result = await execute(transfer_funds, ctx, transfers=batch)
 
     assert result == {
         "applied": 3,
@@ -147,7 +148,7 @@ async def test_each_reject_rule_is_recorded_with_its_reason_and_moves_nothing(
         "insufficient funds: from_account holds 40 cents, amount_cents is 60",
     ]
 
-    result = await transfer_funds.run(ctx, transfers=batch)
+    result = await execute(transfer_funds, ctx, transfers=batch)
 
     assert (result["applied"], result["rejected"], result["duplicate"]) == (1, 9, 0)
     assert outcomes(result) == [
@@ -174,7 +175,7 @@ async def test_an_id_twice_in_a_batch_is_processed_once(
     first = transfer(1, 2, 30)
     batch = [first, transfer(1, 2, 50, first["id"]), transfer(1, 2, 30, first["id"])]
 
-    result = await transfer_funds.run(ctx, transfers=batch)
+    result = await execute(transfer_funds, ctx, transfers=batch)
 
     assert outcomes(result) == [
         (first["id"], "applied", None),
@@ -190,14 +191,14 @@ async def test_a_replayed_batch_is_all_duplicate_and_changes_nothing(
 ) -> None:
     await seed_accounts(engine, {1: ("EUR", 100), 2: ("EUR", 0)})
     batch = [transfer(1, 2, 30), transfer(1, 2, 0), transfer(2, 1, 10)]
-    first = await transfer_funds.run(ctx, transfers=batch)
+    first = await execute(transfer_funds, ctx, transfers=batch)
     after_first = (await balances(observer), await ledger(observer))
     assert (first["applied"], first["rejected"]) == (2, 1)
 
-    replay = await transfer_funds.run(ctx, transfers=batch)
+    replay = await execute(transfer_funds, ctx, transfers=batch)
     # A batch overlapping an earlier one: only the new transfer applies.
     new = transfer(1, 2, 5)
-    overlap = await transfer_funds.run(ctx, transfers=[batch[0], new])
+    overlap = await execute(transfer_funds, ctx, transfers=[batch[0], new])
 
     assert replay == {
         "applied": 0,
@@ -236,7 +237,7 @@ async def test_a_failure_midway_leaves_nothing(
 
     # The runner may wrap an error it does not know; the text is what matters.
     with pytest.raises(Exception, match="the worker fell over"):
-        await transfer_funds.run(ctx, transfers=[transfer(1, 2, 30), transfer(1, 2, 0)])
+        await execute(transfer_funds, ctx, transfers=[transfer(1, 2, 30), transfer(1, 2, 0)])
 
     assert seen_from_outside == [({1: 100, 2: 0}, {})]
     assert await balances(observer) == {1: 100, 2: 0}
@@ -266,7 +267,7 @@ async def test_a_failure_midway_through_the_fallback_leaves_nothing(
 
     # The runner may wrap an error it does not know; the text is what matters.
     with pytest.raises(Exception, match="the worker fell over"):
-        await transfer_funds.run(ctx, transfers=[transfer(1, 2, 10) for _ in range(5)])
+        await execute(transfer_funds, ctx, transfers=[transfer(1, 2, 10) for _ in range(5)])
 
     assert calls == 4  # the batch, then three transfers one by one
     assert await balances(observer) == {1: 100, 2: 0}
@@ -276,7 +277,7 @@ async def test_a_failure_midway_through_the_fallback_leaves_nothing(
 async def run_batches(
     ctx: dict[str, Any], batches: list[list[dict[str, Any]]]
 ) -> list[dict[str, Any]]:
-    return [await transfer_funds.run(ctx, transfers=batch) for batch in batches]
+    return [await execute(transfer_funds, ctx, transfers=batch) for batch in batches]
 
 
 async def test_the_fallback_gives_the_same_results_as_the_set_based_path(
@@ -350,7 +351,7 @@ async def test_a_transfer_the_database_refuses_is_rejected_on_its_own(
         )
     try:
         batch = [transfer(1, 2, 400), transfer(1, 2, 200), transfer(1, 2, 100)]
-        result = await transfer_funds.run(ctx, transfers=batch)
+        result = await execute(transfer_funds, ctx, transfers=batch)
         assert outcomes(result) == [
             (batch[0]["id"], "applied", None),
             (batch[1]["id"], "rejected", "refused by the database: test_cap"),

@@ -15,9 +15,10 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from structlog.testing import capture_logs
 
 from jobs.models import TransferItem
-from jobs.transfer_plan import ALREADY_RECORDED, accounts_to_lock
-from jobs.transfers import LARGE_BATCH_ACCOUNTS, LARGE_BATCH_LOCK, transfer_funds
+from jobs.transfers.job import LARGE_BATCH_ACCOUNTS, LARGE_BATCH_LOCK, transfer_funds
+from jobs.transfers.plan import ALREADY_RECORDED, accounts_to_lock
 from tests.integration.test_transfers import balances, connect, ledger, seed_accounts, transfer
+from worker.runner import execute
 
 
 @pytest.fixture
@@ -65,7 +66,7 @@ async def test_concurrent_overlapping_batches_and_replays_keep_every_invariant(
 
     # Every batch twice, all at once: the replays race the originals.
     results = await asyncio.gather(
-        *(transfer_funds.run(ctx, transfers=batch) for batch in batches + batches)
+        *(execute(transfer_funds, ctx, transfers=batch) for batch in batches + batches)
     )
 
     final = await balances(observer)
@@ -119,7 +120,7 @@ async def test_an_id_another_job_records_meanwhile_is_a_duplicate(
                     " values ($1, 3, 1, 10, 'rejected')",
                     UUID(taken["id"]),
                 )
-                job = asyncio.create_task(transfer_funds.run(ctx, transfers=batch))
+                job = asyncio.create_task(execute(transfer_funds, ctx, transfers=batch))
                 await wait_for_lock_wait(observer)  # the job's insert waits on the ledger key
             result = await job
     finally:
@@ -152,7 +153,7 @@ async def test_a_deadlock_is_retried_and_the_job_succeeds(
         with capture_logs() as logs:
             async with other.transaction():
                 await other.execute("select 1 from accounts where id = 2 for update")
-                job = asyncio.create_task(transfer_funds.run(ctx, transfers=batch))
+                job = asyncio.create_task(execute(transfer_funds, ctx, transfers=batch))
                 await wait_for_lock_wait(observer)  # the job holds account 1, waits for 2
                 await other.execute("select 1 from accounts where id = 1 for update")
             result = await job
@@ -174,7 +175,8 @@ async def test_a_replay_waiting_for_the_original_finds_everything_recorded(
     batch = [transfer(1, 2, 1) for _ in range(100)] + [transfer(2, 1, 0, uuid4())]
     with capture_logs() as logs:
         first, replay = await asyncio.gather(
-            transfer_funds.run(ctx, transfers=batch), transfer_funds.run(ctx, transfers=batch)
+            execute(transfer_funds, ctx, transfers=batch),
+            execute(transfer_funds, ctx, transfers=batch),
         )
     assert sorted([first["duplicate"], replay["duplicate"]]) == [0, 101]
     assert sorted([first["applied"], replay["applied"]]) == [0, 100]
@@ -196,10 +198,10 @@ async def test_large_batches_queue_before_locking_and_small_ones_do_not(
     try:
         async with other.transaction():
             await other.execute("select pg_advisory_xact_lock($1)", LARGE_BATCH_LOCK)
-            queued = asyncio.create_task(transfer_funds.run(ctx, transfers=large))
+            queued = asyncio.create_task(execute(transfer_funds, ctx, transfers=large))
             await wait_for_lock_wait(observer)
             # While the large batch waits, it holds no account: a small job on its accounts runs.
-            assert (await transfer_funds.run(ctx, transfers=small))["applied"] == 1
+            assert (await execute(transfer_funds, ctx, transfers=small))["applied"] == 1
             assert not queued.done()
         result = await queued
     finally:

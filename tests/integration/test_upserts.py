@@ -10,10 +10,11 @@ from arq.jobs import Job
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from jobs.errors import InvalidPayload
 from jobs.upserts import upsert_rows
 from tests.integration.import_files import count, rows
 from tests.integration.worker_helpers import run_burst
-from worker.errors import InvalidPayload
+from worker.runner import execute
 from worker.settings import Settings
 
 CUSTOMERS = "select external_id, email, full_name, country, created_at from customers order by 1"
@@ -32,7 +33,7 @@ def customer(i: int, **overrides: Any) -> dict[str, Any]:
 
 
 async def upsert(ctx: dict[str, Any], dataset: str, rows_: list[Any]) -> dict[str, Any]:
-    result: dict[str, Any] = await upsert_rows.run(ctx, dataset=dataset, rows=rows_)
+    result: dict[str, Any] = await execute(upsert_rows, ctx, dataset=dataset, rows=rows_)
     return result
 
 
@@ -235,7 +236,7 @@ async def test_bad_payloads_are_refused_whole(
     ctx: dict[str, Any], engine: AsyncEngine, kwargs: dict[str, Any], message: str
 ) -> None:
     with pytest.raises(InvalidPayload) as caught:
-        await upsert_rows.run(ctx, **kwargs)
+        await execute(upsert_rows, ctx, **kwargs)
     assert str(caught.value) == message
     assert await count(engine, "customers") == 0
 

@@ -8,7 +8,7 @@ from datetime import UTC, datetime
 
 import pytest
 
-from jobs.cleanlines import CleanLines
+from jobs.imports.cleanlines import CleanLines
 from jobs.validation import RowRejected, parse_timestamp, validate_account, validate_customer
 
 NOW = datetime(2026, 11, 21, tzinfo=UTC)

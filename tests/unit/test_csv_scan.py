@@ -8,11 +8,11 @@ from typing import Any
 
 import pytest
 
-from jobs import csvscan
-from jobs.cleanlines import CleanLines
-from jobs.csvscan import Reject, Scanner, csv_line
+from jobs.errors import InputFileError
+from jobs.imports import csvscan
+from jobs.imports.cleanlines import CleanLines
+from jobs.imports.csvscan import Reject, Scanner, csv_line
 from jobs.validation import validate_customer
-from worker.errors import InputFileError
 
 NOW = datetime(2026, 11, 21, tzinfo=UTC)
 COLUMNS = ("external_id", "email", "full_name", "country", "created_at")

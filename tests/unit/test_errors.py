@@ -20,16 +20,16 @@ from sqlalchemy.dialects.postgresql.asyncpg import (
     PGDialect_asyncpg,
 )
 
-from worker.errors import (
+from jobs.errors import (
     EtlError,
     InputFileError,
     InvalidPayload,
-    JobFailed,
     JobTimeout,
     PathNotAllowed,
     PermanentError,
     TooManyRejects,
     TransientError,
+    UnexpectedError,
     UnknownDataset,
     describe,
     is_transient,
@@ -195,7 +195,7 @@ def test_bugs_and_input_problems_are_permanent(error: BaseException) -> None:
         InputFileError,
         TooManyRejects,
         JobTimeout,
-        JobFailed,
+        UnexpectedError,
     ],
 )
 def test_permanent_errors_are_never_retried_whatever_caused_them(cls: type[EtlError]) -> None:
@@ -228,5 +228,5 @@ def test_describe_gives_the_driver_error_in_one_line_without_sql_or_parameters()
     assert describe(TooManyRejects("12 of 100 rows rejected (limit 5%)")) == (
         "12 of 100 rows rejected (limit 5%)"
     )
-    assert describe(TimeoutError()) == "TimeoutError"
+    assert describe(TimeoutError()) == "TimeoutError: no answer in time"
     assert describe(ValueError("first line\nsecond line")) == "ValueError: first line"

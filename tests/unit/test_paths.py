@@ -4,8 +4,8 @@ from pathlib import Path
 
 import pytest
 
+from jobs.errors import PathNotAllowed
 from jobs.paths import resolve_inside
-from worker.errors import PathNotAllowed
 
 
 @pytest.fixture

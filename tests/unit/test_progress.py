@@ -8,12 +8,12 @@ from typing import Any
 import fakeredis
 from arq.constants import in_progress_key_prefix
 
-from worker.runner import PROGRESS_KEY_PREFIX, JobRun, _heartbeat
+from worker.runner import PROGRESS_KEY_PREFIX, RunHandle, _heartbeat
 
 
 async def test_progress_is_published_as_json_with_a_ttl_and_throttled() -> None:
     redis = fakeredis.FakeAsyncRedis()
-    run = JobRun(app=None, job_id="job-1", job_try=1, redis=redis)  # type: ignore[arg-type]
+    run = RunHandle(app=None, job_id="job-1", job_try=1, redis=redis)  # type: ignore[arg-type]
     await run.progress(rows=10)
     await run.progress(rows=20)  # within the throttle window: kept, not yet published
     raw = await redis.get(PROGRESS_KEY_PREFIX + "job-1")

@@ -17,12 +17,14 @@ from pydantic import BaseModel
 from structlog.contextvars import merge_contextvars
 from structlog.testing import capture_logs
 
+from jobs.backoff import backoff_delay
+from jobs.errors import InvalidPayload, JobTimeout, TooManyRejects, TransientError, UnexpectedError
 from jobs.models import Payload
+from jobs.spec import JobRun, etl_job
 from worker.context import CTX_KEY, AppContext
 from worker.db import create_engine, create_sessionmaker
-from worker.errors import InvalidPayload, JobFailed, JobTimeout, TooManyRejects, TransientError
 from worker.main import ARQ_TIMEOUT_MARGIN_S, build_worker_settings, functions
-from worker.runner import JobRun, backoff_delay, etl_job
+from worker.runner import execute
 from worker.settings import Settings
 
 
@@ -126,7 +128,7 @@ async def test_transient_failure_is_retried_with_backoff_and_the_log_says_which_
     app: AppContext,
 ) -> None:
     with capture_logs(processors=[merge_contextvars]) as logs, pytest.raises(Retry) as raised:
-        await some_job.run(arq_ctx(app, job_try=2), fail_with="deadlock")
+        await execute(some_job, arq_ctx(app, job_try=2), fail_with="deadlock")
     # Try 2 of 3 failed: the next one comes after base*2, half of it jittered: 2..4 s.
     assert raised.value.defer_score is not None
     assert 2000 <= raised.value.defer_score <= 4000
@@ -141,12 +143,12 @@ async def test_transient_failure_is_retried_with_backoff_and_the_log_says_which_
 
 async def test_lost_connection_is_retried(app: AppContext) -> None:
     with pytest.raises(Retry):
-        await some_job.run(arq_ctx(app, job_try=1), fail_with="refused")
+        await execute(some_job, arq_ctx(app, job_try=1), fail_with="refused")
 
 
 async def test_transient_failure_on_the_last_try_fails_with_the_reason(app: AppContext) -> None:
     with capture_logs() as logs, pytest.raises(TransientError) as raised:
-        await some_job.run(arq_ctx(app, job_try=3), fail_with="deadlock")
+        await execute(some_job, arq_ctx(app, job_try=3), fail_with="deadlock")
     assert str(raised.value) == "gave up after 3 tries: DeadlockDetectedError: deadlock detected"
     assert isinstance(raised.value.__cause__, asyncpg.exceptions.DeadlockDetectedError)
     line = finished(logs)
@@ -157,7 +159,7 @@ async def test_transient_failure_on_the_last_try_fails_with_the_reason(app: AppC
 
 async def test_permanent_failure_fails_at_once_on_the_first_try(app: AppContext) -> None:
     with capture_logs() as logs, pytest.raises(TooManyRejects) as raised:
-        await some_job.run(arq_ctx(app, job_try=1), fail_with="rejects")
+        await execute(some_job, arq_ctx(app, job_try=1), fail_with="rejects")
     assert raised.value is FAILURES["rejects"]
     line = finished(logs)
     assert line["status"] == "failed"
@@ -167,8 +169,8 @@ async def test_permanent_failure_fails_at_once_on_the_first_try(app: AppContext)
 
 
 async def test_unexpected_error_fails_at_once_as_job_failed_naming_it(app: AppContext) -> None:
-    with capture_logs() as logs, pytest.raises(JobFailed) as raised:
-        await some_job.run(arq_ctx(app, job_try=1), fail_with="bug")
+    with capture_logs() as logs, pytest.raises(UnexpectedError) as raised:
+        await execute(some_job, arq_ctx(app, job_try=1), fail_with="bug")
     # The one line `etl failed` shows; the original stays attached for the traceback.
     assert str(raised.value) == "KeyError: 'balance_cents'"
     assert raised.value.__cause__ is FAILURES["bug"]
@@ -179,7 +181,7 @@ async def test_unexpected_error_fails_at_once_as_job_failed_naming_it(app: AppCo
 
 async def test_invalid_payload_names_the_field_and_is_not_retried(app: AppContext) -> None:
     with pytest.raises(InvalidPayload) as raised:
-        await some_job.run(arq_ctx(app, job_try=1), fail_with=["x"], extra=1)
+        await execute(some_job, arq_ctx(app, job_try=1), fail_with=["x"], extra=1)
     assert str(raised.value) == (
         "invalid payload: fail_with: Input should be a valid string; "
         "extra: Extra inputs are not permitted"
@@ -190,7 +192,7 @@ async def test_a_job_over_its_time_limit_fails_with_a_named_error_and_no_retry(
     app: AppContext,
 ) -> None:
     with capture_logs() as logs, pytest.raises(JobTimeout) as raised:
-        await slow_job.run(arq_ctx(app, job_try=1))
+        await execute(slow_job, arq_ctx(app, job_try=1))
     assert str(raised.value) == (
         "slow_job did not finish within its 0.05 s time limit and was stopped; it is not retried"
     )
@@ -201,14 +203,14 @@ async def test_a_timeout_inside_the_job_is_a_transient_failure_not_an_overrun(
     app: AppContext,
 ) -> None:
     with pytest.raises(Retry):
-        await some_job.run(arq_ctx(app, job_try=1), fail_with="own_timeout")
+        await execute(some_job, arq_ctx(app, job_try=1), fail_with="own_timeout")
 
 
 async def test_cancelled_job_is_logged_as_cancelled_and_cancellation_goes_through(
     app: AppContext,
 ) -> None:
     with capture_logs() as logs:
-        task = asyncio.create_task(slow_job.run(arq_ctx(app, job_try=1)))
+        task = asyncio.create_task(execute(slow_job, arq_ctx(app, job_try=1)))
         await asyncio.sleep(0.01)
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
@@ -219,10 +221,10 @@ async def test_cancelled_job_is_logged_as_cancelled_and_cancellation_goes_throug
 def test_arq_gets_the_tries_and_a_timeout_just_past_the_runners_own(
     unit_settings: Settings,
 ) -> None:
-    from worker.main import JOBS
+    from jobs.catalogue import FUNCTIONS
 
     registered = {f.name: f for f in functions(unit_settings)}
-    for job in JOBS:
+    for job in FUNCTIONS:
         assert registered[job.name].max_tries == 3
         assert registered[job.name].timeout_s == job.timeout_s + ARQ_TIMEOUT_MARGIN_S
 
@@ -236,14 +238,14 @@ def test_worker_waits_the_shutdown_grace_before_cancelling(unit_settings: Settin
 
 async def test_a_job_asking_arq_to_retry_is_deferred_as_it_asked(app: AppContext) -> None:
     with capture_logs() as logs, pytest.raises(Retry) as raised:
-        await odd_result_job.run(arq_ctx(app, job_try=1), fail_with="asks_to_retry")
+        await execute(odd_result_job, arq_ctx(app, job_try=1), fail_with="asks_to_retry")
     assert raised.value.defer_score == 7000
     assert finished(logs)["status"] == "retrying"
 
 
 async def test_result_fields_named_like_the_lines_own_do_not_break_it(app: AppContext) -> None:
     with capture_logs() as logs:
-        result = await odd_result_job.run(arq_ctx(app, job_try=1))
+        result = await execute(odd_result_job, arq_ctx(app, job_try=1))
     assert result == {"status": "done", "event": "created", "rows": 3}
     line = finished(logs)
     assert (line["status"], line["rows"]) == ("complete", 3)

@@ -6,7 +6,7 @@ import json
 from datetime import UTC, datetime
 from uuid import UUID
 
-from worker.errors import InvalidPayload
+from jobs.errors import InvalidPayload
 from worker.serialization import JobError, deserialize, serialize
 
 

@@ -8,7 +8,8 @@ from uuid import UUID, uuid4
 import pytest
 
 from jobs.models import TransferItem
-from jobs.transfer_plan import (
+from jobs.transfers.job import summarise
+from jobs.transfers.plan import (
     ALREADY_RECORDED,
     BALANCE_OVERFLOW,
     NOT_POSITIVE,
@@ -22,7 +23,6 @@ from jobs.transfer_plan import (
     accounts_to_lock,
     plan_batch,
 )
-from jobs.transfers import summarise
 from jobs.validation import BIGINT_MAX
 
 ACCOUNTS = [

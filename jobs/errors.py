@@ -1,4 +1,4 @@
-"""The service's errors: permanent ones fail a job at once, transient ones are retried.
+"""The errors a job raises: permanent ones fail it at once, transient ones are retried.
 
 Each class's docstring is its default message. Messages are one line, name what is wrong and
 what to do, and never carry a password.
@@ -9,7 +9,11 @@ from __future__ import annotations
 import asyncio
 import errno
 import socket
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from pydantic import ValidationError
 
 # SQLSTATEs worth another try: deadlock, serialization failure, too many connections,
 # admin/crash shutdown, cannot connect now, connection failures.
@@ -55,8 +59,12 @@ class TooManyRejects(PermanentError):
     """Too many rows were rejected; nothing was loaded."""
 
 
-class JobFailed(PermanentError):
+class UnexpectedError(PermanentError):
     """The job met an error it does not handle; the worker's log has the traceback."""
+
+
+class IdempotencyConflict(PermanentError):
+    """This job id was already used for different work; use a new id."""
 
 
 class JobTimeout(PermanentError):
@@ -154,18 +162,43 @@ def is_transient(exc: BaseException) -> bool:
 
 
 def describe(exc: BaseException) -> str:
-    """One line saying what went wrong, for logs and for the error kept in Redis.
+    """One line saying what went wrong, for logs, the CLI and the error kept in Redis.
 
-    SQLAlchemy's text of a driver error carries the SQL statement and its parameters (row data) over
-    several lines; the driver's own error says the same in one line without them.
+    The innermost explicit cause is shown: SQLAlchemy's text of a driver error carries the SQL
+    statement and its parameters (row data) over several lines; the driver's own error says the
+    same in one line without them.
     """
-    from sqlalchemy import exc as sa_exc
-
     if isinstance(exc, EtlError):
         return exc.message
-    shown = exc
-    if isinstance(exc, sa_exc.DBAPIError):
-        shown = _cause_chain(exc)[-1] if exc.__cause__ is not None else (exc.orig or exc)
+    shown = _cause_chain(exc)[-1]
+    orig = getattr(shown, "orig", None)
+    if isinstance(orig, BaseException):
+        shown = orig
     text = str(shown).strip().splitlines()
     first = text[0] if text else ""
+    if not first and isinstance(shown, TimeoutError):
+        first = "no answer in time"
     return f"{type(shown).__name__}: {first}"[:500] if first else type(shown).__name__
+
+
+def validation_problems(
+    exc: ValidationError, *, name: Callable[[Sequence[str]], str] | None = None
+) -> list[str]:
+    """`where: problem` for each error pydantic found, never echoing the input values.
+
+    `name` turns an error's location into what the reader knows it by (a CLI flag, a setting's
+    variable); by default the dotted path.
+    """
+    parts = []
+    for error in exc.errors(include_input=False, include_url=False):
+        loc = [str(part) for part in error["loc"]]
+        where = name(loc) if name is not None else ".".join(loc)
+        problem = str(error["msg"]).removeprefix("Value error, ")
+        parts.append(f"{where or 'value'}: {problem}")
+    return parts
+
+
+def payload_error(exc: ValidationError) -> InvalidPayload:
+    """One line naming each bad field of a job's payload and why."""
+    problems = validation_problems(exc, name=lambda loc: ".".join(loc) or "payload")
+    return InvalidPayload("invalid payload: " + "; ".join(problems))

@@ -18,12 +18,12 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
 
-from jobs.export_stream import Snapshot, copy_csv, snapshot, stream_jsonl
-from jobs.files import StagedFile, ensure_directory, write_file_atomically
+from jobs.exports.files import StagedFile, ensure_directory, write_file_atomically
+from jobs.exports.stream import Snapshot, copy_csv, snapshot, stream_jsonl
 from jobs.models import ExportPayload, ExportResult
 from jobs.paths import resolve_inside
 from jobs.registry import Dataset, get_dataset
-from worker.runner import JobRun, etl_job
+from jobs.spec import JobRun, etl_job
 
 ExportFormat = Literal["csv", "jsonl"]
 MANIFEST_SUFFIX = ".manifest.json"
@@ -163,11 +163,11 @@ async def export_datasets(
     One snapshot makes the files agree with each other (every account's customer is in the
     customers file). A failure leaves none of them, and no temp file, behind.
     """
-    export_dir = run.app.settings.export_dir
+    export_dir = run.config.export_dir
     directories = [dataset_directory(export_dir, dataset) for dataset in datasets]
     staged: list[StagedExport] = []
     try:
-        async with snapshot(run.app.engine) as snap:
+        async with snapshot(run.engine) as snap:
             for dataset, directory in zip(datasets, directories, strict=True):
                 staged.append(
                     await stage_export(

@@ -10,7 +10,7 @@ from typing import IO
 
 import asyncpg
 
-from jobs.csvscan import Reject, csv_line
+from jobs.imports.csvscan import Reject, csv_line
 
 # A quarantined line is for a person to read; megabytes of one field help no one.
 MAX_RAW_CHARS = 64 * 1024

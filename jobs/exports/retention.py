@@ -13,10 +13,10 @@ from pathlib import Path
 
 import structlog
 
-from jobs.exports import manifest_path
-from jobs.files import TEMP_SUFFIX
+from jobs.exports.files import TEMP_SUFFIX
+from jobs.exports.job import manifest_path
 
-log = structlog.get_logger("jobs.retention")
+log = structlog.get_logger("jobs.exports.retention")
 
 NIGHTLY_PREFIX = "nightly-"
 # A temp file untouched this long belongs to a worker that was killed mid-export: a live export

@@ -4,14 +4,14 @@ The file streams through COPY inside one transaction: the target shows every val
 Rows that break a rule are quarantined in `import_rejects` with their line number and reason; if
 more than `max_reject_ratio` of the rows are rejected, nothing is loaded and the job fails.
 
-Two ways in, both fed by jobs.csvscan (clean lines untouched, the rest validated in Python):
+Two ways in, both fed by jobs.imports.csvscan (clean lines untouched, the rest validated in Python):
 
 - insert mode, when the file has every column the table needs and no reference to check: COPY
   straight into the table, as psql's \\copy would. A key already present, or repeated in the
   file, makes COPY fail; the attempt is rolled back to its savepoint and the file goes the other
   way. COPY is sent in batches, so a failing attempt is noticed after one batch, not at the end.
 - otherwise: COPY into a temp table, check references there (accounts naming no customer), then
-  one statement into the table (jobs.staging): MERGE for upsert, INSERT ... ON CONFLICT DO NOTHING
+  one statement into the table (staging.py): MERGE for upsert, INSERT ... ON CONFLICT DO NOTHING
   for insert. A row equal to the stored one is left alone and counted as skipped (unchanged), so
   the same file imported twice leaves the same table and counts every row as skipped.
 
@@ -37,14 +37,13 @@ from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 from sqlalchemy.schema import CreateTable
 
-from jobs import cleanlines
-from jobs.csvinput import InputReader, fetch_lines, read_header
-from jobs.csvscan import Reject, RowCheck, Scanned, Scanner
-from jobs.models import ImportFilePayload, ImportResult
-from jobs.paths import resolve_inside
-from jobs.registry import Dataset, get_dataset
-from jobs.rejects import KEPT_WHEN_FAILED, RejectLog
-from jobs.staging import (
+from jobs.db import driver_connection
+from jobs.errors import InputFileError, TooManyRejects, TransientError, sqlstate_of
+from jobs.imports import cleanlines
+from jobs.imports.csvinput import InputReader, fetch_lines, read_header
+from jobs.imports.csvscan import Reject, RowCheck, Scanned, Scanner
+from jobs.imports.rejects import KEPT_WHEN_FAILED, RejectLog
+from jobs.imports.staging import (
     DEFAULT_NOW,
     STAGE_NAME,
     count_without,
@@ -56,10 +55,11 @@ from jobs.staging import (
     upsert,
     written_so_far,
 )
+from jobs.models import ImportFilePayload, ImportResult
+from jobs.paths import resolve_inside
+from jobs.registry import Dataset, get_dataset
+from jobs.spec import JobRun, etl_job
 from jobs.tables import import_rejects, import_runs
-from worker.db import driver_connection
-from worker.errors import InputFileError, TooManyRejects, TransientError, sqlstate_of
-from worker.runner import JobRun, etl_job
 
 log = structlog.get_logger("jobs.imports")
 
@@ -81,7 +81,7 @@ def import_id_for(job_id: str) -> uuid.UUID:
 async def import_file(run: JobRun, payload: ImportFilePayload) -> ImportResult:
     """Load a CSV (or gzipped CSV) file from ETL_IMPORT_DIR: every valid row, or none."""
     dataset = get_dataset(payload.dataset, writable=True)
-    import_dir = run.app.settings.import_dir
+    import_dir = run.config.import_dir
     path = resolve_inside(import_dir, payload.path)
     name = str(path.relative_to(import_dir.resolve()))
     # A missing file or a bad header fails now, before a transaction is opened.
@@ -126,7 +126,7 @@ class _Import:
         bound = log.bind(import_id=str(self.import_id), dataset=self.dataset.name, file=self.name)
         error: TooManyRejects | None = None
         try:
-            async with self.run.app.engine.begin() as conn:
+            async with self.run.engine.begin() as conn:
                 recorded = await self._recorded(conn)
                 if recorded is not None:
                     bound.info("import.already_recorded")

@@ -3,7 +3,7 @@
 Pure: bytes in, bytes out, no I/O. The import feeds the file's content after the header row in
 blocks; for each block it gets the CSV to send to COPY and the rows it rejected.
 
-Blocks whose every line is clean (jobs.cleanlines) go to COPY as they are, which is what makes a
+Blocks whose every line is clean (cleanlines.py) go to COPY as they are, which is what makes a
 clean file load at COPY's speed. Every other line is read by the csv module (quoted fields may span
 lines), checked against the row rules, and either rejected with its line number and raw bytes or
 written out again from the validated values. COPY therefore only ever sees well-formed CSV with
@@ -19,9 +19,9 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from jobs.cleanlines import CleanLines
+from jobs.errors import InputFileError
+from jobs.imports.cleanlines import CleanLines
 from jobs.validation import RowRejected
-from worker.errors import InputFileError
 
 # A record still open after this many bytes is a quote left open, not data.
 MAX_RECORD_BYTES = 64 << 20

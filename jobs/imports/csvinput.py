@@ -14,8 +14,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
+from jobs.errors import InputFileError
 from jobs.registry import Dataset
-from worker.errors import InputFileError
 
 READ_BYTES = 1 << 18
 MAX_HEADER_BYTES = 1 << 16

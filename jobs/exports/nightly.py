@@ -9,24 +9,24 @@ workers run.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Sequence
 from pathlib import Path
 
-from jobs.exports import export_datasets
+from jobs.errors import ConfigError, UnknownDataset
+from jobs.exports.job import export_datasets
+from jobs.exports.retention import NIGHTLY_PREFIX, prune_nightly
 from jobs.models import NightlyResult, Payload
 from jobs.registry import DATASETS, Dataset, get_dataset
-from jobs.retention import NIGHTLY_PREFIX, prune_nightly
-from worker.errors import ConfigError, UnknownDataset
-from worker.runner import JobRun, etl_job
-from worker.settings import Settings
+from jobs.spec import JobRun, etl_job
 
 
 class NightlyPayload(Payload):
     pass
 
 
-def nightly_datasets(settings: Settings) -> list[Dataset]:
+def nightly_datasets(configured: Sequence[str]) -> list[Dataset]:
     """The datasets named by ETL_NIGHTLY_DATASETS, in order, each once; ConfigError if unknown."""
-    names = list(dict.fromkeys(settings.nightly_dataset_names))
+    names = list(dict.fromkeys(configured))
     if not names:
         raise ConfigError(
             f"ETL_NIGHTLY_DATASETS names no dataset; give some of {', '.join(sorted(DATASETS))}"
@@ -43,8 +43,7 @@ def nightly_datasets(settings: Settings) -> list[Dataset]:
 @etl_job(name="nightly_export", payload=NightlyPayload, result=NightlyResult, timeout_s=3600)
 async def nightly_export(run: JobRun, payload: NightlyPayload) -> NightlyResult:
     """Export each nightly dataset from one snapshot, then keep only the newest files of each."""
-    settings = run.app.settings
-    datasets = nightly_datasets(settings)
+    datasets = nightly_datasets(run.config.nightly_datasets)
     exports = await export_datasets(
         run, datasets=datasets, fmt="csv", compress=True, since=None, prefix=NIGHTLY_PREFIX
     )
@@ -54,6 +53,6 @@ async def nightly_export(run: JobRun, payload: NightlyPayload) -> NightlyResult:
             prune_nightly,
             Path(export.path).parent,
             dataset=export.dataset,
-            keep=settings.export_keep,
+            keep=run.config.export_keep,
         )
     return NightlyResult(exports=exports, deleted=deleted)

@@ -2,7 +2,7 @@
 
 A batch runs in one transaction. It locks the batch's accounts in ascending id order (so two
 batches sharing accounts queue behind each other instead of deadlocking), reads which ids the
-ledger already holds, lets `jobs.transfer_plan` decide every transfer in memory, and writes the
+ledger already holds, lets `jobs.transfers.plan` decide every transfer in memory, and writes the
 result with one statement inside one savepoint: one UPDATE of the net balance changes and one
 INSERT of the ledger rows. A savepoint per transfer would cost four round trips each and, past
 64 of them, overflow PostgreSQL's subtransaction cache, slowing every other session.
@@ -33,8 +33,12 @@ import asyncpg
 import structlog
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from jobs.backoff import backoff_delay
+from jobs.db import driver_connection
+from jobs.errors import sqlstate_of
 from jobs.models import TransferItem, TransferPayload, TransferResult
-from jobs.transfer_plan import (
+from jobs.spec import JobRun, etl_job
+from jobs.transfers.plan import (
     ALREADY_RECORDED,
     AccountRow,
     BatchState,
@@ -44,9 +48,6 @@ from jobs.transfer_plan import (
     plan_batch,
     transfer_deltas,
 )
-from worker.db import driver_connection
-from worker.errors import sqlstate_of
-from worker.runner import JobRun, backoff_delay, etl_job
 
 log = structlog.get_logger("jobs.transfers")
 
@@ -129,7 +130,7 @@ def summarise(transfers: Sequence[TransferItem], decisions: Sequence[Decision]) 
 
 async def apply_batch(run: JobRun, transfers: Sequence[TransferItem]) -> list[Decision]:
     """One transaction: lock, decide, write set-based; per transfer if that fails."""
-    async with run.app.engine.begin() as conn:
+    async with run.engine.begin() as conn:
         driver = await driver_connection(conn)
         account_ids = accounts_to_lock(transfers)
         if len(account_ids) > LARGE_BATCH_ACCOUNTS:

@@ -23,8 +23,8 @@ from sqlalchemy import Select, Text, TextClause, func, select, text
 from sqlalchemy.engine import Dialect
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from jobs.db import driver_connection
 from jobs.registry import Dataset
-from worker.db import driver_connection
 
 # Rows per FETCH of the JSON Lines cursor, when it reads row by row (exports with `since`).
 # Measured on 1M rows: 1,000 and 2,000 were fastest; 5,000 and 10,000 were slower and held more.

@@ -1,0 +1,84 @@
+"""The contract a job is written against: the spec the decorator makes, the run handle it gets.
+
+A job module writes `async def impl(run: JobRun, payload: SomePayload) -> SomeResult` and wraps
+it with `@etl_job(...)`. The worker (worker/runner.py) validates the payload, builds the run
+handle, enforces the time limit, retries and logs; the job only does its work.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Generic, Protocol, TypeVar
+
+from pydantic import BaseModel
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+
+PayloadT = TypeVar("PayloadT", bound=BaseModel)
+ResultT = TypeVar("ResultT", bound=BaseModel)
+
+
+@dataclass(frozen=True, slots=True)
+class JobConfig:
+    """The settings jobs read; the worker fills it from its own settings at start-up."""
+
+    import_dir: Path
+    export_dir: Path
+    export_keep: int
+    nightly_datasets: tuple[str, ...]
+
+
+class JobRun(Protocol):
+    """What a job receives for one run: its identity, the database, its settings, progress."""
+
+    @property
+    def job_id(self) -> str: ...
+
+    @property
+    def job_try(self) -> int: ...
+
+    @property
+    def config(self) -> JobConfig: ...
+
+    @property
+    def engine(self) -> AsyncEngine: ...
+
+    @property
+    def sessionmaker(self) -> async_sessionmaker[AsyncSession]:
+        """Open one session per unit of work: `async with run.sessionmaker() as s, s.begin():`."""
+        ...
+
+    @property
+    def counters(self) -> dict[str, int]: ...
+
+    async def progress(self, **counters: int) -> None:
+        """Record progress (rows so far...); the worker publishes it every few seconds."""
+        ...
+
+
+@dataclass(frozen=True)
+class JobSpec(Generic[PayloadT, ResultT]):
+    """A job as the worker registers it and the client enqueues it."""
+
+    name: str
+    payload: type[PayloadT]
+    result: type[ResultT]
+    timeout_s: float
+    impl: Callable[[JobRun, PayloadT], Awaitable[ResultT]]
+
+
+def etl_job(
+    *, name: str, payload: type[PayloadT], result: type[ResultT], timeout_s: float
+) -> Callable[[Callable[[JobRun, PayloadT], Awaitable[ResultT]]], JobSpec[PayloadT, ResultT]]:
+    """Make a job function into a JobSpec: its name in Redis, its models and its time limit."""
+
+    def wrap(
+        impl: Callable[[JobRun, PayloadT], Awaitable[ResultT]],
+    ) -> JobSpec[PayloadT, ResultT]:
+        return JobSpec(name=name, payload=payload, result=result, timeout_s=timeout_s, impl=impl)
+
+    return wrap
+
+
+AnySpec = JobSpec[Any, Any]
