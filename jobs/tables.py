@@ -57,7 +57,7 @@ accounts = Table(
     Column("updated_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
     CheckConstraint("balance_cents >= 0", name="balance_not_negative"),
     # No index on updated_at: every transfer updates it, and an index on it would make each
-    # balance update a non-HOT update touching every index (measured ~2.5x the update's cost).
+    # balance update a non-HOT update touching every index (README, "Measured design choices").
     # Incremental account exports scan the table instead.
     Index("ix_accounts_customer_external_id", "customer_external_id"),
 )

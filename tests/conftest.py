@@ -18,26 +18,18 @@ from typing import Any
 
 import asyncpg
 import pytest
-from alembic.config import Config
 from arq.connections import ArqRedis
 from sqlalchemy import text
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from alembic import command
+from tests.support.database import ROOT, TABLES, asyncpg_dsn, migrate
 from worker import embedded
 from worker.context import CTX_KEY, AppContext
 from worker.db import create_engine, create_sessionmaker
 from worker.logging import configure_logging
 from worker.redis import connect
 from worker.settings import Settings, normalise_database_url
-
-ROOT = Path(__file__).resolve().parent.parent
-TABLES = ("transfers", "accounts", "customers", "import_rejects", "import_runs")
-
-
-def _asyncpg_dsn(sqlalchemy_url: str) -> str:
-    return make_url(sqlalchemy_url).set(drivername="postgresql").render_as_string(False)
 
 
 @pytest.fixture(scope="session")
@@ -56,7 +48,7 @@ def server_settings(tmp_path_factory: pytest.TempPathFactory) -> Settings:
 def database_url(server_settings: Settings) -> Iterator[str]:
     """A fresh database for this test session, migrated to head by Alembic."""
     assert server_settings.database_url is not None
-    admin = _asyncpg_dsn(server_settings.database_url)
+    admin = asyncpg_dsn(server_settings.database_url)
     name = f"etl_test_{os.getpid()}_{uuid.uuid4().hex[:6]}"
 
     async def admin_exec(sql: str) -> None:
@@ -73,15 +65,6 @@ def database_url(server_settings: Settings) -> Iterator[str]:
     migrate(url, "head")
     yield url
     asyncio.run(admin_exec(f'drop database if exists "{name}" with (force)'))
-
-
-def migrate(url: str, revision: str, *, down: bool = False) -> None:
-    config = Config(str(ROOT / "alembic.ini"))
-    config.attributes["database_url"] = url
-    if down:
-        command.downgrade(config, revision)
-    else:
-        command.upgrade(config, revision)
 
 
 @pytest.fixture

@@ -25,8 +25,8 @@ def create_engine(settings: Settings) -> AsyncEngine:
                 "application_name": "etl-worker",
                 # asyncpg prepares every statement; after five runs PostgreSQL may switch to a
                 # generic plan costed on the table as it was then. Planned on an empty ledger,
-                # `id = ANY($1)` became a sequential scan that stayed until autoanalyze (a batch
-                # went from 25 ms to 5.6 s). Planning these few statements each time is cheap.
+                # `id = ANY($1)` became a sequential scan that stayed until autoanalyze
+                # (tests/integration/test_db.py). Planning these statements each time is cheap.
                 "plan_cache_mode": "force_custom_plan",
             }
         },

@@ -4,9 +4,8 @@ CSV goes through PostgreSQL's `COPY … TO STDOUT` on the snapshot's own asyncpg
 server formats the rows and the worker only moves bytes.
 
 JSON Lines goes through `AsyncConnection.stream()`, a server-side cursor read a bounded batch at a
-time, and each row is rendered by PostgreSQL's `row_to_json`. Measured on 1M customers rows,
-building the objects in Python (decode the row, format timestamps, `json.dumps`) ran at 130 to
-190k rows/s against about 375k rows/s for the server's JSON text. A whole-table export goes
+time, and each row is rendered by PostgreSQL's `row_to_json`: building the objects in Python ran
+at half the server's speed (README, "Measured design choices"). A whole-table export goes
 further and fetches the JSON a few heap pages per result row (`pages_query`), which cut
 SQLAlchemy's per-row cost out; an export with `since` reads row by row, so that the planner can
 use the index on the `since` column.
@@ -26,13 +25,12 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from jobs.db import driver_connection
 from jobs.registry import Dataset
 
-# Rows per FETCH of the JSON Lines cursor, when it reads row by row (exports with `since`).
-# Measured on 1M rows: 1,000 and 2,000 were fastest; 5,000 and 10,000 were slower and held more.
+# Rows per FETCH of the JSON Lines cursor, when it reads row by row (exports with `since`);
+# larger fetches were slower and held more (README, "Measured design choices").
 BATCH_ROWS = 2_000
 # Whole-table JSON Lines exports fetch chunks of this many heap pages (about 150 customers rows,
 # 55 KB of JSON), this many chunks per FETCH: SQLAlchemy's asyncpg cursor fetches at least 50
-# result rows at a time anyway. Measured on 1M rows, 4 to 16 pages ran equally fast; peak RSS
-# rose by 7 MB from 4 to 8 pages and by 14 MB more at 16.
+# result rows at a time anyway. More pages per chunk ran no faster and held more memory.
 CHUNK_PAGES = 4
 CHUNKS_PER_FETCH = 50
 

@@ -7,7 +7,7 @@ valid, trimmed, in the stored case, and read the same way by PostgreSQL's COPY a
 
 The patterns are a strict subset of the rules, never a second opinion: a line they refuse is
 checked by the rules in Python, so refusing too much costs time but never changes the outcome.
-tests/unit/test_cleanlines.py checks that every line they accept passes the rules unchanged.
+tests/unit/test_csv_cleanlines.py checks that every line they accept passes the rules unchanged.
 """
 
 from __future__ import annotations

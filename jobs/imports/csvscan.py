@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import bisect
 import csv
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -282,8 +282,3 @@ class _Processed:
     scanned: Scanned
     leftover: bytes = b""
     """The start of a record that continues past the block."""
-
-
-def lines_of(scanner: Scanner, recs: Sequence[int]) -> Mapping[int, int]:
-    """line -> lines spanned, for forwarded records `recs`."""
-    return dict(scanner.line_of(rec) for rec in recs)

@@ -32,8 +32,8 @@ from typing import Any
 
 import asyncpg
 import structlog
-from sqlalchemy import Table, delete, func, insert, select, text
-from sqlalchemy.exc import DBAPIError, IntegrityError
+from sqlalchemy import delete, func, select, text
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 from sqlalchemy.schema import CreateTable
 
@@ -42,24 +42,23 @@ from jobs.errors import InputFileError, TooManyRejects, TransientError, sqlstate
 from jobs.imports import cleanlines
 from jobs.imports.csvinput import InputReader, fetch_lines, read_header
 from jobs.imports.csvscan import Reject, RowCheck, Scanned, Scanner
-from jobs.imports.rejects import KEPT_WHEN_FAILED, RejectLog
+from jobs.imports.merge import upsert_staged
+from jobs.imports.readahead import ReadAhead
+from jobs.imports.record import Outcome, record, recorded_result, too_many
+from jobs.imports.rejects import RejectLog
 from jobs.imports.staging import (
     DEFAULT_NOW,
     STAGE_NAME,
-    count_without,
     drop_unknown_references,
     insert_new,
-    merge,
     references,
     staging_table,
-    upsert,
-    written_so_far,
 )
 from jobs.models import ImportFilePayload, ImportResult
 from jobs.paths import resolve_inside
 from jobs.registry import Dataset, get_dataset
 from jobs.spec import JobRun, etl_job
-from jobs.tables import import_rejects, import_runs
+from jobs.tables import import_rejects
 
 log = structlog.get_logger("jobs.imports")
 
@@ -100,17 +99,6 @@ async def import_file(run: JobRun, payload: ImportFilePayload) -> ImportResult:
     return await job.execute()
 
 
-@dataclass(slots=True)
-class _Outcome:
-    rows_read: int
-    inserted: int
-    updated: int
-    skipped: int
-    rejects: RejectLog
-    sha256: str
-    failed: bool = False
-
-
 @dataclass
 class _Import:
     run: JobRun
@@ -127,7 +115,7 @@ class _Import:
         error: TooManyRejects | None = None
         try:
             async with self.run.engine.begin() as conn:
-                recorded = await self._recorded(conn)
+                recorded = await recorded_result(conn, self.import_id)
                 if recorded is not None:
                     bound.info("import.already_recorded")
                     return recorded
@@ -148,10 +136,10 @@ class _Import:
                 try:
                     if outcome.failed:
                         await outcome.rejects.save(driver, failed=True)
-                        error = self._too_many(outcome)
+                        error = too_many(outcome, limit=self.max_reject_ratio)
                     else:
                         await outcome.rejects.save(driver)
-                        await conn.execute(insert(import_runs).values(self._run_row(outcome)))
+                        await record(conn, outcome, mode=self.mode)
                 finally:
                     outcome.rejects.close()
                 bound.info(
@@ -168,7 +156,7 @@ class _Import:
             raise
         if error is not None:
             raise error
-        return self._result(outcome)
+        return outcome.result()
 
     # the two ways in
 
@@ -184,7 +172,7 @@ class _Import:
         }
         return needed <= set(self.columns)
 
-    async def _direct(self, driver: asyncpg.Connection, *, now: datetime) -> _Outcome | None:
+    async def _direct(self, driver: asyncpg.Connection, *, now: datetime) -> Outcome | None:
         scanner = self._scanner(now=now, fill_defaults=True)
         with _closed_on_error(self._reject_log()) as rejects:
             await driver.execute("SAVEPOINT import_direct")
@@ -198,7 +186,10 @@ class _Import:
                 rejects.close()
                 log.info("import.direct_copy_conflict", file=self.name, dataset=self.dataset.name)
                 return None
-            outcome = _Outcome(
+            outcome = Outcome(
+                import_id=self.import_id,
+                dataset=self.dataset.name,
+                file=self.name,
                 rows_read=scanner.rows,
                 inserted=scanner.forwarded,
                 updated=0,
@@ -206,7 +197,7 @@ class _Import:
                 rejects=rejects,
                 sha256=sha256,
             )
-            if self._over_ratio(outcome):
+            if outcome.over(self.max_reject_ratio):
                 await driver.execute("ROLLBACK TO SAVEPOINT import_direct")
                 outcome.failed = True
             else:
@@ -215,7 +206,7 @@ class _Import:
 
     async def _staged(
         self, conn: AsyncConnection, driver: asyncpg.Connection, *, now: datetime
-    ) -> _Outcome:
+    ) -> Outcome:
         stage = staging_table(self.dataset, self.columns)
         await conn.execute(CreateTable(stage))
         scanner = self._scanner(now=now, fill_defaults=False)
@@ -226,7 +217,10 @@ class _Import:
                 recs = list((await conn.execute(drop_unknown_references(stage, ref))).scalars())
                 valid -= len(recs)
                 rejects.add(await self._fetch_rejects(scanner, recs, reason=ref.reason))
-            outcome = _Outcome(
+            outcome = Outcome(
+                import_id=self.import_id,
+                dataset=self.dataset.name,
+                file=self.name,
                 rows_read=scanner.rows,
                 inserted=0,
                 updated=0,
@@ -234,7 +228,7 @@ class _Import:
                 rejects=rejects,
                 sha256=sha256,
             )
-            if self._over_ratio(outcome):
+            if outcome.over(self.max_reject_ratio):
                 outcome.failed = True
                 return outcome
             async with _ticking(self.run, rows=scanner.rows, rejected=rejects.count):
@@ -242,64 +236,11 @@ class _Import:
                     insert_rows = insert_new(self.dataset, stage, self.columns)
                     outcome.inserted = (await conn.execute(insert_rows)).rowcount
                 else:
-                    outcome.inserted, outcome.updated = await self._upsert(conn, stage)
+                    outcome.inserted, outcome.updated = await upsert_staged(
+                        conn, dataset=self.dataset, stage=stage, columns=self.columns
+                    )
             outcome.skipped = valid - outcome.inserted - outcome.updated
             return outcome
-
-    async def _upsert(self, conn: AsyncConnection, stage: Table) -> tuple[int, int]:
-        """Upsert the staged rows; rows with and without created_at separately if both occur."""
-        halves: list[bool | None] = [None]
-        for column in DEFAULT_NOW & set(self.columns):
-            total, empty = (await conn.execute(count_without(stage, column))).one()
-            if empty == total:
-                halves = [False]
-            elif empty:
-                halves = [True, False]
-        tracked = await _counts_tracked(conn)
-        inserted = updated = 0
-        for given in halves:
-            if tracked:
-                new, changed = await self._merge(conn, given=given, dedupe=len(halves) > 1)
-            else:  # no statistics to count MERGE's rows with: ON CONFLICT ... RETURNING counts
-                upserted = upsert(self.dataset, stage, self.columns, given=given)
-                new, changed = (await conn.execute(upserted)).one()
-            inserted += new
-            updated += changed
-        return inserted, updated
-
-    async def _merge(
-        self, conn: AsyncConnection, *, given: bool | None, dedupe: bool
-    ) -> tuple[int, int]:
-        """MERGE, first without deduplicating (a repeated key makes it fail: then with)."""
-        written = written_so_far(self.dataset.table)
-        if not dedupe:
-            before = (await conn.execute(written)).one()
-            savepoint = await conn.begin_nested()
-            try:
-                await conn.execute(merge(self.dataset, self.columns, given=given, dedupe=False))
-            except DBAPIError as exc:
-                # 21000: a key matched twice; 23505: a new key inserted twice (or by another
-                # session meanwhile: the deduplicated MERGE then sees it and updates it).
-                if sqlstate_of(exc) not in ("21000", "23505"):
-                    raise
-                await savepoint.rollback()
-                log.info("import.repeated_keys", file=self.name, dataset=self.dataset.name)
-            else:
-                await savepoint.commit()
-                after = (await conn.execute(written)).one()
-                return after[0] - before[0], after[1] - before[1]
-        before = (await conn.execute(written)).one()
-        try:
-            await conn.execute(merge(self.dataset, self.columns, given=given, dedupe=True))
-        except IntegrityError as exc:
-            if sqlstate_of(exc) == "23505":
-                raise TransientError(
-                    f"{self.name}: another session inserted some of the same keys meanwhile; "
-                    "retrying"
-                ) from exc
-            raise
-        after = (await conn.execute(written)).one()
-        return after[0] - before[0], after[1] - before[1]
 
     # reading the file into COPY
 
@@ -332,10 +273,8 @@ class _Import:
     ) -> str:
         """Stream the file through `scanner` into COPY `table`; the file's SHA-256.
 
-        The file is read and scanned in a thread one block ahead, so Python's share of the work
-        overlaps PostgreSQL's.
+        The file is read and scanned one block ahead in a thread (readahead.py).
         """
-        loop = asyncio.get_running_loop()
         with InputReader(self.path, name=self.name) as reader:
             header = read_header(reader, self.dataset)
             if header.columns != self.columns:
@@ -346,23 +285,20 @@ class _Import:
                 data = (first.pop() if first else b"") or reader.read()
                 return (scanner.feed(data), False) if data else (scanner.finish(), True)
 
-            pending: asyncio.Future[tuple[Scanned, bool]] | None = loop.run_in_executor(
-                None, produce
-            )
+            ahead = ReadAhead(produce)
             failure: Exception | None = None
 
             async def batch() -> AsyncIterator[bytes]:
-                nonlocal pending, failure
+                nonlocal failure
                 sent = 0
-                while pending is not None and sent < BATCH_BYTES:
+                while not ahead.done and sent < BATCH_BYTES:
                     try:
-                        scanned, done = await pending
+                        scanned = await ahead.next()
                     except Exception as exc:
                         # Raised after COPY ends instead: an exception from the source makes
                         # asyncpg send a cancel request, which can hit the session's next query.
-                        failure, pending = exc, None
+                        failure = exc
                         return
-                    pending = None if done else loop.run_in_executor(None, produce)
                     rejects.add(scanned.rejects)
                     await self.run.progress(rows=scanner.rows, rejected=rejects.count)
                     if scanned.data:
@@ -370,13 +306,12 @@ class _Import:
                         yield scanned.data
 
             try:
-                while pending is not None:
+                while not ahead.done:
                     await driver.copy_to_table(
                         table, source=batch(), columns=list(self.columns), format="csv"
                     )
             finally:
-                if pending is not None:  # the thread must be done with the file before it closes
-                    await asyncio.wait([pending])
+                await ahead.close()  # the thread must be done with the file before it closes
             if failure is not None:
                 raise failure
             return reader.sha256
@@ -395,66 +330,6 @@ class _Import:
 
     def _reject_log(self) -> RejectLog:
         return RejectLog(import_id=self.import_id, dataset=self.dataset.name, file=self.name)
-
-    def _over_ratio(self, outcome: _Outcome) -> bool:
-        return outcome.rejects.count > self.max_reject_ratio * outcome.rows_read
-
-    def _too_many(self, outcome: _Outcome) -> TooManyRejects:
-        count, read = outcome.rejects.count, outcome.rows_read
-        kept = min(count, KEPT_WHEN_FAILED)
-        return TooManyRejects(
-            f"{self.name}: {count} of {read} rows rejected ({count / read:.1%}), more than "
-            f"max_reject_ratio={self.max_reject_ratio:g} allows; nothing was loaded. "
-            f"{outcome.rejects.reasons()}. The first {kept} are in import_rejects under "
-            f"import_id {self.import_id}"
-        )
-
-    def _run_row(self, outcome: _Outcome) -> dict[str, Any]:
-        return {
-            "import_id": self.import_id,
-            "dataset": self.dataset.name,
-            "file": self.name,
-            "sha256": outcome.sha256,
-            "mode": self.mode,
-            "rows_read": outcome.rows_read,
-            "inserted": outcome.inserted,
-            "updated": outcome.updated,
-            "skipped": outcome.skipped,
-            "rejected": outcome.rejects.count,
-        }
-
-    def _result(self, outcome: _Outcome) -> ImportResult:
-        return ImportResult(
-            import_id=self.import_id,
-            dataset=self.dataset.name,
-            rows_read=outcome.rows_read,
-            inserted=outcome.inserted,
-            updated=outcome.updated,
-            skipped=outcome.skipped,
-            rejected=outcome.rejects.count,
-        )
-
-    async def _recorded(self, conn: AsyncConnection) -> ImportResult | None:
-        row = (
-            await conn.execute(select(import_runs).where(import_runs.c.import_id == self.import_id))
-        ).first()
-        if row is None:
-            return None
-        return ImportResult(
-            import_id=row.import_id,
-            dataset=row.dataset,
-            rows_read=row.rows_read,
-            inserted=row.inserted,
-            updated=row.updated,
-            skipped=row.skipped,
-            rejected=row.rejected,
-        )
-
-
-async def _counts_tracked(conn: AsyncConnection) -> bool:
-    """Whether the server keeps the statistics MERGE's row counts are read from (it does unless
-    track_counts was turned off, which also stops autovacuum)."""
-    return (await conn.execute(text("SELECT current_setting('track_counts')"))).scalar() == "on"
 
 
 @contextlib.contextmanager

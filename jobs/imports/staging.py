@@ -7,13 +7,11 @@ does the work set-based:
 - upsert: ON CONFLICT (key) DO UPDATE, rows deduplicated first (the last occurrence of a key wins;
   ON CONFLICT DO UPDATE fails if one statement touches a key twice). A row equal to the stored one
   is not written: its updated_at stays, and it counts as unchanged, not updated.
-- upsert of a whole file: MERGE, same outcome. With half the keys new, ON CONFLICT probes the key
-  index for every row and locks every updated row first (a WAL record each); MERGE hash-joins the
-  file to the table once. Measured on the 1M-row benchmark file (backend CPU, best of 4):
-  ON CONFLICT as psql's staged upsert writes it 7.1 s, ours with dedup and counts 7.8 s, MERGE
-  without dedup 5.4-6.2 s. MERGE has no RETURNING before PostgreSQL 17, so the counts come from
-  the transaction's own statistics (pg_stat_xact_user_tables), and it cannot dedupe on its own:
-  a repeated key fails it, and it runs again over the deduplicated rows.
+- upsert of a whole file: MERGE, same outcome (merge.py). With half the keys new, ON CONFLICT
+  probes the key index for every row and locks every updated row first (a WAL record each); MERGE
+  hash-joins the file to the table once (the README's Performance section has the numbers). MERGE
+  has no RETURNING before PostgreSQL 17, so the counts come from the transaction's own statistics
+  (pg_stat_xact_user_tables). Its source must hold one row per key (see merge.py for why).
 - insert: ON CONFLICT (key) DO NOTHING, last occurrence first, so it is the one that lands.
 
 An empty created_at means "now" for a new row but leaves a stored row's created_at alone, so
@@ -197,10 +195,8 @@ def merge(
 ) -> TextClause:
     """MERGE of the staged rows into the table; `given` as for upsert().
 
-    Without `dedupe` the staged rows go in as they are: fast, and correct when no key repeats; a
-    repeated key makes MERGE fail (21000, or 23505 for a new key), and the caller runs it again
-    with `dedupe`. Two halves (`given` True and False) must be deduplicated: a key in both would
-    otherwise be written twice, and the second write would win whatever the file's order.
+    `dedupe` keeps the last row of each key; without it the staged rows go in as they are, which
+    is right only when no key repeats (merge.py checks that first).
     """
     key = _q(dataset.key)
     rows = _q(STAGE_NAME)
@@ -229,6 +225,14 @@ def merge(
         f" WHEN MATCHED AND ({stored}) IS DISTINCT FROM ({incoming}) THEN UPDATE SET {sets}"
         f" WHEN NOT MATCHED THEN INSERT ({', '.join(_q(c) for c in columns)})"
         f" VALUES ({', '.join(values)})"
+    )
+
+
+def repeated_keys(dataset: Dataset) -> TextClause:
+    """Whether any key occurs more than once among the staged rows."""
+    key = _q(dataset.key)
+    return text(
+        f"SELECT EXISTS (SELECT 1 FROM {_q(STAGE_NAME)} GROUP BY {key} HAVING count(*) > 1)"
     )
 
 

@@ -15,10 +15,9 @@ meanwhile, reported duplicate) on its own.
 
 Large batches queue for one advisory lock before they lock any account. Two of them nearly always
 share accounts; the second would wait on the first's rows and then, in READ COMMITTED, re-check
-every row the first updated (EvalPlanQual) as it resumes. Measured with 1,000-transfer batches
-over 10,000 accounts, two or four at once: 75-180 ms of PostgreSQL CPU per batch instead of
-about 25, and a third of the sequential throughput. Queued up front they run one after another
-at full speed. Small jobs skip the queue: they lock a few rows, and a row or two re-checked costs
+every row the first updated (EvalPlanQual) as it resumes, several times the CPU of a batch run
+alone (README, "Measured design choices"). Queued up front they run one after another at full
+speed. Small jobs skip the queue: they lock a few rows, and a row or two re-checked costs
 nothing.
 """
 
@@ -52,9 +51,9 @@ from jobs.transfers.plan import (
 log = structlog.get_logger("jobs.transfers")
 
 # Lists of numbers and ids travel as comma-separated text, split and cast by PostgreSQL: asyncpg
-# encodes an array parameter element by element in Python (0.3-0.5 us each, 12,000 elements for
-# a batch of 1,000 transfers), while joining text costs a tenth of that and PostgreSQL parses it
-# in microseconds. Reasons may hold commas, so they go as a real text[].
+# encodes an array parameter element by element in Python (12,000 elements for a batch of 1,000
+# transfers), while joining text costs a tenth of that and PostgreSQL parses it in microseconds.
+# Reasons may hold commas, so they go as a real text[].
 LOCK_ACCOUNTS = """
 SELECT id, balance_cents, currency FROM accounts
 WHERE id = ANY(string_to_array($1, ',')::bigint[])
@@ -143,8 +142,9 @@ async def apply_batch(run: JobRun, transfers: Sequence[TransferItem]) -> list[De
         if not plan.ledger:
             return plan.decisions  # all duplicates: nothing to write
         # This savepoint is set through the raw connection: SQLAlchemy's begin_nested() costs
-        # about 300 us of CPU for SAVEPOINT and RELEASE against 80 us here, a quarter of what a
-        # one-transfer job spends in Python. Anything but a refusal rolls the transaction back.
+        # several times as much CPU for SAVEPOINT and RELEASE, a large share of what a
+        # one-transfer job spends in Python (README, "Measured design choices"). Anything but a
+        # refusal rolls the transaction back.
         await driver.execute(SAVEPOINT)
         try:
             await apply_set_based(driver, deltas=plan.deltas, ledger=plan.ledger)

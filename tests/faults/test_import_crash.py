@@ -12,9 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.faults.conftest import Rig
-from tests.faults.processes import wait_for_progress, wait_for_result
-from tests.faults.test_worker_crash import CountWatcher
+from tests.support.processes import wait_for_progress, wait_for_result
+from tests.support.rig import CountWatcher, Rig
 
 pytestmark = [pytest.mark.faults, pytest.mark.timeout(150)]
 

@@ -13,8 +13,8 @@ import sys
 
 import pytest
 
-from tests.faults.conftest import Rig
-from tests.faults.processes import ETL_WORKER, ROOT, wait_for_result
+from tests.support.processes import ETL_WORKER, ROOT, wait_for_result
+from tests.support.rig import Rig
 
 pytestmark = [pytest.mark.faults, pytest.mark.timeout(150)]
 

@@ -9,8 +9,8 @@ import asyncio
 
 import pytest
 
-from tests.faults.conftest import Rig
-from tests.faults.processes import wait_for_progress, wait_for_result, wait_until_running
+from tests.support.processes import wait_for_progress, wait_for_result, wait_until_running
+from tests.support.rig import Rig
 from worker.redis import connect
 
 pytestmark = [pytest.mark.faults, pytest.mark.timeout(120)]

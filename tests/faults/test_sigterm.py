@@ -13,14 +13,14 @@ import asyncpg
 import pytest
 from arq.constants import in_progress_key_prefix
 
-from tests.faults.conftest import Rig
-from tests.faults.processes import (
+from tests.support.processes import (
     poll,
     stored_result,
     wait_for_progress,
     wait_for_result,
     wait_until_running,
 )
+from tests.support.rig import Rig
 
 pytestmark = [pytest.mark.faults, pytest.mark.timeout(120)]
 

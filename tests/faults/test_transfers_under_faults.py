@@ -14,8 +14,8 @@ from typing import Any
 import asyncpg
 import pytest
 
-from tests.faults.conftest import Rig
-from tests.faults.processes import poll, wait_for_result, wait_until_running
+from tests.support.processes import poll, wait_for_result, wait_until_running
+from tests.support.rig import Rig
 
 pytestmark = [pytest.mark.faults, pytest.mark.timeout(120)]
 

@@ -9,44 +9,13 @@ from __future__ import annotations
 import asyncio
 import time
 
-import asyncpg
 import pytest
 from arq.constants import in_progress_key_prefix
 
-from tests.faults.conftest import Rig
-from tests.faults.processes import wait_for_progress, wait_for_result
+from tests.support.processes import wait_for_progress, wait_for_result
+from tests.support.rig import CountWatcher, Rig
 
 pytestmark = [pytest.mark.faults, pytest.mark.timeout(120)]
-
-
-class CountWatcher:
-    """Counts rows from another connection, over and over, for as long as the test runs."""
-
-    def __init__(self, dsn: str, query: str) -> None:
-        self.dsn = dsn
-        self.query = query
-        self.seen: set[int] = set()
-        self.reads = 0
-        self._task: asyncio.Task[None] | None = None
-
-    async def __aenter__(self) -> CountWatcher:
-        self._task = asyncio.create_task(self._watch())
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        assert self._task is not None
-        self._task.cancel()
-        await asyncio.wait({self._task})
-
-    async def _watch(self) -> None:
-        conn = await asyncpg.connect(self.dsn)
-        try:
-            while True:
-                self.seen.add(int(await conn.fetchval(self.query)))
-                self.reads += 1
-                await asyncio.sleep(0.01)
-        finally:
-            await conn.close()
 
 
 async def test_killed_mid_load_the_job_runs_again_once_and_readers_never_see_part_of_it(

@@ -15,7 +15,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from jobs import tables
 from jobs.errors import InvalidPayload
 from jobs.exports.job import export_dataset
-from tests.integration.worker_helpers import run_burst
+from tests.support.worker_helpers import run_burst
 from worker.runner import execute
 from worker.serialization import JobError
 from worker.settings import Settings

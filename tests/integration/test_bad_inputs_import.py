@@ -10,7 +10,7 @@ import pytest
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from jobs.errors import InputFileError, InvalidPayload, PathNotAllowed
-from tests.integration.import_files import (
+from tests.support.import_files import (
     CUSTOMER_HEADER,
     count,
     customer_line,

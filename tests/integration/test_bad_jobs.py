@@ -8,7 +8,7 @@ from arq.connections import ArqRedis
 from arq.constants import job_key_prefix
 from arq.jobs import Job
 
-from tests.integration.worker_helpers import run_burst
+from tests.support.worker_helpers import run_burst
 from worker.serialization import JobError
 from worker.settings import Settings
 

@@ -14,7 +14,7 @@ import asyncpg
 import pytest
 
 from bench.database import asyncpg_dsn
-from tests.conftest import ROOT
+from tests.support.database import ROOT
 from worker.settings import Settings
 
 KEYS = {

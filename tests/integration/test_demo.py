@@ -12,7 +12,7 @@ import pytest
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from tests.integration.etl_process import cli_env, etl
+from tests.support.etl_process import cli_env, etl
 from worker.settings import Settings
 
 pytestmark = pytest.mark.timeout(300)

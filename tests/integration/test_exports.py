@@ -32,7 +32,7 @@ from jobs.exports.job import export_dataset
 from jobs.exports.stream import snapshot
 from jobs.models import ExportPayload, ExportResult
 from jobs.registry import get_dataset
-from tests.integration.worker_helpers import run_burst
+from tests.support.worker_helpers import run_burst
 from worker.context import AppContext
 from worker.runner import RunHandle
 from worker.settings import Settings

@@ -15,12 +15,12 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from jobs.errors import TooManyRejects
-from jobs.imports import csvinput
+from jobs.imports import csvinput, merge
 from jobs.imports import job as imports
 from jobs.imports.job import import_file, import_id_for
 from jobs.models import ImportFilePayload
 from jobs.validation import parse_timestamp
-from tests.integration.import_files import (
+from tests.support.import_files import (
     ACCOUNT_HEADER,
     CUSTOMER_HEADER,
     count,
@@ -30,7 +30,7 @@ from tests.integration.import_files import (
     run_import,
     write,
 )
-from tests.integration.worker_helpers import run_burst
+from tests.support.worker_helpers import run_burst
 from worker.context import AppContext
 from worker.runner import RunHandle
 from worker.settings import Settings
@@ -142,7 +142,7 @@ async def test_upsert_without_statistics_counts_through_on_conflict(
     async def untracked(conn: Any) -> bool:
         return False
 
-    monkeypatch.setattr(imports, "_counts_tracked", untracked)
+    monkeypatch.setattr(merge, "_counts_tracked", untracked)
     write(settings, "old.csv", CUSTOMER_HEADER, customer_line(1, full_name="Old"), customer_line(2))
     await run_import(ctx, path="old.csv", mode="insert")
     write(

@@ -8,13 +8,12 @@ from typing import Any
 
 import structlog
 from arq.connections import ArqRedis
-from arq.worker import func
 from pydantic import BaseModel
 from sqlalchemy.engine import make_url
 
 from jobs.models import Payload
 from jobs.spec import JobRun, etl_job
-from tests.integration.worker_helpers import run_burst
+from tests.support.worker_helpers import run_burst
 from worker.logging import configure_logging
 from worker.main import functions
 from worker.settings import Settings
@@ -53,7 +52,7 @@ async def _run_probes(
     try:
         for kwargs in jobs:
             await redis.enqueue_job("probe", _queue_name=settings.queue_name, **kwargs)
-        fns = [*functions(settings), func(probe.run, name="probe")]
+        fns = [*functions(settings), *functions(settings, [probe])]
         worker = await run_burst(settings, redis, functions=fns, max_jobs=1)
         assert worker.jobs_complete == len(jobs)
     finally:

@@ -16,7 +16,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from jobs.tables import metadata
-from tests.conftest import migrate
+from tests.support.database import migrate
 from worker.settings import Settings, normalise_database_url
 
 

@@ -26,7 +26,7 @@ from jobs import tables
 from jobs.errors import ConfigError
 from jobs.exports.nightly import NightlyPayload, nightly_export
 from jobs.registry import get_dataset
-from tests.integration.worker_helpers import make_worker
+from tests.support.worker_helpers import make_worker
 from worker.context import AppContext
 from worker.redis import connect
 from worker.runner import RunHandle

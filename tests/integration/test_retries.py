@@ -19,9 +19,10 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from structlog.contextvars import merge_contextvars
 from structlog.testing import capture_logs
 
+from jobs.catalogue import FUNCTIONS
 from jobs.models import Payload
 from jobs.spec import JobRun, etl_job
-from tests.integration.worker_helpers import run_burst
+from tests.support.worker_helpers import run_burst
 from worker.main import functions
 from worker.redis import connect
 from worker.runner import _heartbeat
@@ -108,16 +109,7 @@ async def hold(run: JobRun, payload: SlowPayload) -> Tries:
 
 
 def with_test_jobs(settings: Settings) -> list[Any]:
-    from arq.worker import func
-
-    extra = [flaky_insert, credit_pair, overrun, hold]
-    return [
-        *functions(settings),
-        *(
-            func(j.run, name=j.name, timeout=j.timeout_s + 5, max_tries=settings.max_tries)
-            for j in extra
-        ),
-    ]
+    return functions(settings, [*FUNCTIONS, flaky_insert, credit_pair, overrun, hold])
 
 
 async def stored_result(redis: ArqRedis, job_id: str) -> dict[str, Any]:

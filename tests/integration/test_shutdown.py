@@ -13,7 +13,7 @@ from arq.constants import in_progress_key_prefix
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from tests.faults.processes import (
+from tests.support.processes import (
     WorkerProcess,
     stored_result,
     wait_for_result,

@@ -14,7 +14,7 @@ from sqlalchemy import text
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-import jobs.transfers
+import jobs.transfers.job
 from jobs.transfers.job import transfer_funds
 from jobs.transfers.plan import (
     ALREADY_RECORDED,
@@ -26,7 +26,7 @@ from jobs.transfers.plan import (
     UNKNOWN_TO,
 )
 from jobs.validation import BIGINT_MAX
-from tests.integration.worker_helpers import run_burst
+from tests.support.worker_helpers import run_burst
 from worker.runner import execute
 from worker.settings import Settings
 
@@ -224,7 +224,7 @@ async def test_a_failure_midway_leaves_nothing(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     await seed_accounts(engine, {1: ("EUR", 100), 2: ("EUR", 0)})
-    written = jobs.transfers.apply_set_based
+    written = jobs.transfers.job.apply_set_based
     seen_from_outside: list[tuple[Balances, Ledger]] = []
 
     async def write_then_fail(driver: Any, **kwargs: Any) -> None:
@@ -233,7 +233,7 @@ async def test_a_failure_midway_leaves_nothing(
         seen_from_outside.append((await balances(observer), await ledger(observer)))
         raise RuntimeError("the worker fell over")
 
-    monkeypatch.setattr(jobs.transfers, "apply_set_based", write_then_fail)
+    monkeypatch.setattr(jobs.transfers.job, "apply_set_based", write_then_fail)
 
     # The runner may wrap an error it does not know; the text is what matters.
     with pytest.raises(Exception, match="the worker fell over"):
@@ -251,7 +251,7 @@ async def test_a_failure_midway_through_the_fallback_leaves_nothing(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     await seed_accounts(engine, {1: ("EUR", 100), 2: ("EUR", 0)})
-    written = jobs.transfers.apply_set_based
+    written = jobs.transfers.job.apply_set_based
     calls = 0
 
     async def fail_first_and_fourth(driver: Any, **kwargs: Any) -> None:
@@ -263,7 +263,7 @@ async def test_a_failure_midway_through_the_fallback_leaves_nothing(
         if calls == 4:
             raise RuntimeError("the worker fell over")
 
-    monkeypatch.setattr(jobs.transfers, "apply_set_based", fail_first_and_fourth)
+    monkeypatch.setattr(jobs.transfers.job, "apply_set_based", fail_first_and_fourth)
 
     # The runner may wrap an error it does not know; the text is what matters.
     with pytest.raises(Exception, match="the worker fell over"):
@@ -309,7 +309,7 @@ async def test_the_fallback_gives_the_same_results_as_the_set_based_path(
     async with engine.begin() as conn:
         await conn.execute(text("truncate transfers, accounts"))
     await seed_accounts(engine, accounts)
-    written = jobs.transfers.apply_set_based
+    written = jobs.transfers.job.apply_set_based
     forced = 0
 
     async def fail_the_batch_write(driver: Any, *, deltas: Any, ledger: Any) -> None:
@@ -319,7 +319,7 @@ async def test_the_fallback_gives_the_same_results_as_the_set_based_path(
             forced += 1
             await driver.execute("select 1 / 0")
 
-    monkeypatch.setattr(jobs.transfers, "apply_set_based", fail_the_batch_write)
+    monkeypatch.setattr(jobs.transfers.job, "apply_set_based", fail_the_batch_write)
     one_by_one = await run_batches(ctx, [first, second])
 
     assert forced == 2

@@ -12,8 +12,8 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from jobs.errors import InvalidPayload
 from jobs.upserts import upsert_rows
-from tests.integration.import_files import count, rows
-from tests.integration.worker_helpers import run_burst
+from tests.support.import_files import count, rows
+from tests.support.worker_helpers import run_burst
 from worker.runner import execute
 from worker.settings import Settings
 

@@ -3,7 +3,7 @@ from __future__ import annotations
 from arq.connections import ArqRedis
 from arq.jobs import Job
 
-from tests.integration.worker_helpers import run_burst
+from tests.support.worker_helpers import run_burst
 from worker.settings import Settings
 
 

@@ -1,4 +1,4 @@
-"""`python -m tests.faults.worker_process`: the worker as production runs it, in its own process.
+"""`python -m tests.support.worker_process`: the worker as production runs it, in its own process.
 
 Settings come from the environment, the worker is built by `build_worker_settings` and run by arq
 with its signal handling (SIGTERM: stop taking jobs, wait ETL_SHUTDOWN_GRACE, cancel), the way
@@ -12,7 +12,7 @@ import contextlib
 
 from arq.worker import Worker
 
-from tests.faults.stand_in_jobs import STAND_INS
+from tests.support.stand_in_jobs import STAND_INS
 from worker.logging import configure_logging
 from worker.main import build_worker_settings, functions
 from worker.settings import Settings

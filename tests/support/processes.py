@@ -22,7 +22,7 @@ from worker.keys import PROGRESS_KEY_PREFIX
 ROOT = Path(__file__).resolve().parents[2]
 
 
-WORKER_WITH_STAND_INS = ("-m", "tests.faults.worker_process")
+WORKER_WITH_STAND_INS = ("-m", "tests.support.worker_process")
 ETL_WORKER = ("-m", "worker.cli", "worker")
 
 
