@@ -21,6 +21,6 @@ class PingResult(BaseModel):
 @etl_job(name="ping", payload=PingPayload, result=PingResult, timeout_s=30)
 async def ping(run: JobRun, payload: PingPayload) -> PingResult:
     if payload.touch_db:
-        async with run.engine.connect() as conn:
-            await conn.execute(text("select 1"))
+        async with run.sessionmaker() as session:
+            await session.execute(text("select 1"))
     return PingResult(pong=True, database=payload.touch_db)

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, Generic, Protocol, TypeVar
 
 from pydantic import BaseModel
-from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 PayloadT = TypeVar("PayloadT", bound=BaseModel)
 ResultT = TypeVar("ResultT", bound=BaseModel)
@@ -40,9 +40,6 @@ class JobRun(Protocol):
 
     @property
     def config(self) -> JobConfig: ...
-
-    @property
-    def engine(self) -> AsyncEngine: ...
 
     @property
     def sessionmaker(self) -> async_sessionmaker[AsyncSession]:

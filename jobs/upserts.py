@@ -30,7 +30,8 @@ from jobs.validation import RowRejected
 async def upsert_rows(run: JobRun, payload: UpsertRowsPayload) -> UpsertResult:
     """Insert or update up to 10,000 rows; rows breaking a rule are reported, not written."""
     dataset = get_dataset(payload.dataset, writable=True)
-    async with run.engine.begin() as conn:
+    async with run.sessionmaker() as session, session.begin():
+        conn = await session.connection()
         now: datetime = (await conn.execute(select(func.now()))).scalar_one()
         checked = _Checked(dataset)
         for index, row in enumerate(payload.rows):

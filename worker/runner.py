@@ -17,7 +17,7 @@ import structlog
 from arq import Retry
 from arq.typing import WorkerCoroutine
 from pydantic import BaseModel, ValidationError
-from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from jobs.backoff import backoff_delay
 from jobs.errors import (
@@ -70,10 +70,6 @@ class RunHandle:
     @property
     def config(self) -> JobConfig:
         return self.app.job_config
-
-    @property
-    def engine(self) -> AsyncEngine:
-        return self.app.engine
 
     @property
     def sessionmaker(self) -> async_sessionmaker[AsyncSession]:

@@ -167,7 +167,7 @@ async def export_datasets(
     directories = [dataset_directory(export_dir, dataset) for dataset in datasets]
     staged: list[StagedExport] = []
     try:
-        async with snapshot(run.engine) as snap:
+        async with snapshot(run.sessionmaker) as snap:
             for dataset, directory in zip(datasets, directories, strict=True):
                 staged.append(
                     await stage_export(

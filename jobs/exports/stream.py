@@ -20,7 +20,7 @@ from datetime import datetime
 
 from sqlalchemy import Select, Text, TextClause, func, select, text
 from sqlalchemy.engine import Dialect
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession, async_sessionmaker
 
 from jobs.db import driver_connection
 from jobs.registry import Dataset
@@ -48,18 +48,17 @@ class Snapshot:
 
 
 @asynccontextmanager
-async def snapshot(engine: AsyncEngine) -> AsyncIterator[Snapshot]:
+async def snapshot(sessionmaker: async_sessionmaker[AsyncSession]) -> AsyncIterator[Snapshot]:
     """One consistent, read-only view of the database for as long as the block runs."""
-    async with engine.connect() as conn:
-        conn = await conn.execution_options(
-            isolation_level="REPEATABLE READ", postgresql_readonly=True
+    async with sessionmaker() as session, session.begin():
+        conn = await session.connection(
+            execution_options={"isolation_level": "REPEATABLE READ", "postgresql_readonly": True}
         )
-        async with conn.begin():
-            # COPY and row_to_json format timestamps in the session's zone: make every export
-            # say UTC whatever the server's default. SET takes no snapshot; the SELECT below does.
-            await conn.execute(text("set local timezone = 'UTC'"))
-            taken_at = (await conn.execute(select(func.clock_timestamp()))).scalar_one()
-            yield Snapshot(conn=conn, taken_at=taken_at)
+        # COPY and row_to_json format timestamps in the session's zone: make every export say
+        # UTC whatever the server's default. SET takes no snapshot; the SELECT below does.
+        await conn.execute(text("set local timezone = 'UTC'"))
+        taken_at = (await conn.execute(select(func.clock_timestamp()))).scalar_one()
+        yield Snapshot(conn=conn, taken_at=taken_at)
 
 
 def rows_query(dataset: Dataset, *, since: datetime | None) -> Select[tuple[object, ...]]:

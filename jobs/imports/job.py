@@ -114,7 +114,8 @@ class _Import:
         bound = log.bind(import_id=str(self.import_id), dataset=self.dataset.name, file=self.name)
         error: TooManyRejects | None = None
         try:
-            async with self.run.engine.begin() as conn:
+            async with self.run.sessionmaker() as session, session.begin():
+                conn = await session.connection()
                 recorded = await recorded_result(conn, self.import_id)
                 if recorded is not None:
                     bound.info("import.already_recorded")

@@ -129,7 +129,8 @@ def summarise(transfers: Sequence[TransferItem], decisions: Sequence[Decision]) 
 
 async def apply_batch(run: JobRun, transfers: Sequence[TransferItem]) -> list[Decision]:
     """One transaction: lock, decide, write set-based; per transfer if that fails."""
-    async with run.engine.begin() as conn:
+    async with run.sessionmaker() as session, session.begin():
+        conn = await session.connection()
         driver = await driver_connection(conn)
         account_ids = accounts_to_lock(transfers)
         if len(account_ids) > LARGE_BATCH_ACCOUNTS:

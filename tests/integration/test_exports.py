@@ -34,6 +34,7 @@ from jobs.models import ExportPayload, ExportResult
 from jobs.registry import get_dataset
 from tests.support.worker_helpers import run_burst
 from worker.context import AppContext
+from worker.db import create_sessionmaker
 from worker.runner import RunHandle
 from worker.settings import Settings
 
@@ -516,7 +517,7 @@ async def test_an_empty_table_gives_an_empty_file(app: AppContext, engine: Async
 
 
 async def test_the_snapshot_is_repeatable_read_read_only_utc(engine: AsyncEngine) -> None:
-    async with snapshot(engine) as snap:
+    async with snapshot(create_sessionmaker(engine)) as snap:
         settings = [
             (await snap.conn.execute(text(f"show {name}"))).scalar_one()
             for name in ("transaction_isolation", "transaction_read_only", "timezone")

@@ -42,7 +42,8 @@ class Tries(BaseModel):
 @etl_job(name="flaky_insert", payload=FlakyPayload, result=Tries, timeout_s=30)
 async def flaky_insert(run: JobRun, payload: FlakyPayload) -> Tries:
     """Insert one customer; on the first `fail_times` tries, fail the way PostgreSQL does."""
-    async with run.app.engine.begin() as conn:
+    async with run.sessionmaker() as session, session.begin():
+        conn = await session.connection()
         await conn.execute(
             text(
                 "insert into customers (external_id, email, full_name, country, created_at) "
@@ -74,7 +75,8 @@ class PairPayload(Payload):
 async def credit_pair(run: JobRun, payload: PairPayload) -> Tries:
     """Credit two accounts in the given order, pausing between: two of these in opposite orders
     deadlock, and PostgreSQL aborts one of them."""
-    async with run.app.engine.begin() as conn:
+    async with run.sessionmaker() as session, session.begin():
+        conn = await session.connection()
         for account, pause in ((payload.first, 0.5), (payload.second, 0.0)):
             await conn.execute(
                 text("update accounts set balance_cents = balance_cents + :c where id = :id"),
@@ -90,7 +92,8 @@ class SlowPayload(Payload):
 
 @etl_job(name="overrun", payload=SlowPayload, result=Tries, timeout_s=0.3)
 async def overrun(run: JobRun, payload: SlowPayload) -> Tries:
-    async with run.app.engine.begin() as conn:
+    async with run.sessionmaker() as session, session.begin():
+        conn = await session.connection()
         await conn.execute(
             text(
                 "insert into customers (external_id, email, full_name, country, created_at) "

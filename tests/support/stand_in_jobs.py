@@ -31,7 +31,8 @@ class LoadResult(BaseModel):
 @etl_job(name="load_customers", payload=LoadPayload, result=LoadResult, timeout_s=600)
 async def load_customers(run: JobRun, payload: LoadPayload) -> LoadResult:
     """Insert `rows` customers `<prefix>-<n>` in one transaction: all of them or none."""
-    async with run.engine.begin() as conn:
+    async with run.sessionmaker() as session, session.begin():
+        conn = await session.connection()
         for low in range(1, payload.rows + 1, payload.chunk):
             high = min(low + payload.chunk - 1, payload.rows)
             await conn.execute(
@@ -62,7 +63,8 @@ class NapResult(BaseModel):
 @etl_job(name="nap", payload=NapPayload, result=NapResult, timeout_s=600)
 async def nap(run: JobRun, payload: NapPayload) -> NapResult:
     """Write one customer, then keep the transaction open `seconds` before committing."""
-    async with run.engine.begin() as conn:
+    async with run.sessionmaker() as session, session.begin():
+        conn = await session.connection()
         await conn.execute(
             text(
                 "insert into customers (external_id, email, full_name, country, created_at) "
