@@ -9,7 +9,7 @@ from sqlalchemy.ext.asyncio import create_async_engine
 from sqlalchemy.pool import NullPool
 
 from alembic import context
-from jobs.tables import metadata
+from jobs.schema import metadata
 from worker import embedded
 from worker.settings import get_settings
 

@@ -29,7 +29,7 @@ from bench.harness import (
 from bench.imports import run_import
 from bench.pgclient import timed_psql
 from jobs.models import MAX_UPSERT_ROWS, UpsertResult
-from jobs.tables import customers
+from jobs.schema import customers
 from jobs.upserts import upsert_rows
 from worker.runner import execute
 

@@ -9,7 +9,7 @@ from typing import Any
 
 from sqlalchemy import Table
 
-from jobs import tables
+from jobs import schema as tables
 from jobs.errors import UnknownDataset
 from jobs.validation import validate_account, validate_customer
 

@@ -12,12 +12,12 @@ from arq.jobs import Job
 from sqlalchemy import func, insert, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from jobs import tables
+from jobs import schema as tables
 from jobs.errors import InvalidPayload
 from jobs.exports.job import export_dataset
 from tests.support.worker_helpers import run_burst
+from worker.errors import JobError
 from worker.runner import execute
-from worker.serialization import JobError
 from worker.settings import Settings
 
 KNOWN = "known: accounts, customers, transfers"

@@ -25,7 +25,7 @@ from sqlalchemy import insert, select, text
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.pool import NullPool
 
-from jobs import tables
+from jobs import schema as tables
 from jobs.errors import PathNotAllowed
 from jobs.exports import stream as export_stream
 from jobs.exports.job import export_dataset

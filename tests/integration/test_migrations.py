@@ -1,4 +1,4 @@
-"""The migrations build the schema the jobs use, go down cleanly, and match jobs/tables.py."""
+"""The migrations build the schema the jobs use, go down cleanly, and match jobs/schema.py."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from sqlalchemy import Connection, inspect
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import create_async_engine
 
-from jobs.tables import metadata
+from jobs.schema import metadata
 from tests.support.database import migrate
 from worker.settings import Settings, normalise_database_url
 

@@ -22,7 +22,7 @@ from arq.constants import result_key_prefix
 from sqlalchemy import insert, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from jobs import tables
+from jobs import schema as tables
 from jobs.errors import ConfigError
 from jobs.exports.nightly import NightlyPayload, nightly_export
 from jobs.registry import get_dataset
