@@ -4,9 +4,11 @@
         job = await etl.import_file(ImportFilePayload(dataset="customers", path="customers.csv"))
         result = await job.result(timeout=600)  # an ImportResult, or JobFailed
 
-Jobs are written in arq's JSON job format (see worker/serialization.py), so the worker runs them
-exactly as if arq's `enqueue_job` had written them; one Lua script writes a whole batch in one
-round trip, skipping any job whose id already exists, as arq does.
+`etl.enqueue(spec, payload)` enqueues any job of `jobs.catalogue`, typed by its spec; the jobs
+apps enqueue also have a method of their name (`etl.ping()`). Jobs are written in arq's JSON job
+format (see worker/serialization.py), so the worker runs them exactly as if arq's `enqueue_job`
+had written them; one Lua script writes a whole batch in one round trip, skipping any job whose
+id already exists, as arq does.
 """
 
 from __future__ import annotations
@@ -20,34 +22,41 @@ from types import TracebackType
 from typing import Any, Generic, TypeVar, cast
 
 from arq.connections import ArqRedis
-from arq.constants import expires_extra_ms, job_key_prefix, result_key_prefix
+from arq.constants import expires_extra_ms
 from arq.utils import timestamp_ms
 from pydantic import BaseModel, ValidationError
 
 from jobs.catalogue import BY_NAME, FUNCTIONS
-from jobs.errors import ConfigError, EtlError, InvalidPayload, payload_error
-from jobs.exports.job import export_dataset
-from jobs.imports.job import import_file
-from jobs.models import (
-    ExportPayload,
-    ExportResult,
-    ImportFilePayload,
-    ImportResult,
-    TransferPayload,
-    TransferResult,
-    UpsertResult,
-    UpsertRowsPayload,
-)
-from jobs.ping import PingPayload, PingResult, ping
+from jobs.errors import ConfigError, InvalidPayload, payload_error
+from jobs.exports.job import export_dataset as export_dataset_spec
+from jobs.imports.job import import_file as import_file_spec
+from jobs.ping import ping as ping_spec
 from jobs.spec import JobSpec
-from jobs.transfers.job import transfer_funds
-from jobs.upserts import upsert_rows
+from jobs.transfers.job import transfer_funds as transfer_funds_spec
+from jobs.upserts import upsert_rows as upsert_rows_spec
 from worker import embedded
-from worker.keys import RETRIED_KEY_PREFIX
+from worker.errors import CannotRetry, JobFailed, JobNotFound
+from worker.keys import RETRIED_KEY_PREFIX, job_key_prefix, result_key_prefix
 from worker.redis import connect
-from worker.serialization import JobError, serialize
-from worker.settings import Settings, get_settings
+from worker.scripts import ENQUEUE_SCRIPT, RETRY_SCRIPT
+from worker.serialization import serialize
+from worker.settings import Settings, check_redis_url, get_settings
 from worker.status import JobState, read_state
+
+# The errors an app catches, importable from here too.
+__all__ = [
+    "BATCH_SIZE",
+    "CannotRetry",
+    "EtlClient",
+    "JobFailed",
+    "JobHandle",
+    "JobMethod",
+    "JobNotFound",
+    "JobRequest",
+    "job_bytes",
+    "retryable",
+    "validate",
+]
 
 PayloadT = TypeVar("PayloadT", bound=BaseModel)
 ResultT = TypeVar("ResultT", bound=BaseModel)
@@ -58,60 +67,6 @@ SPEC_BY_PAYLOAD: dict[type[BaseModel], JobSpec[Any, Any]] = {
 
 BATCH_SIZE = 500
 """Jobs per script call: big enough to make round trips rare, small enough not to stall Redis."""
-
-# KEYS[1] is the queue, then each job's job key and result key; ARGV[1] the job keys' expiry (ms),
-# ARGV[2] the score, then each job's id and serialised job. Returns 1 (written) or 0 (an id that
-# already exists, queued or finished: arq's enqueue_job skips those too) per job.
-_ENQUEUE_SCRIPT = """
-local created = {}
-for i = 1, (#KEYS - 1) / 2 do
-  if redis.call('EXISTS', KEYS[2 * i], KEYS[2 * i + 1]) == 0 then
-    redis.call('SET', KEYS[2 * i], ARGV[2 * i + 2], 'PX', ARGV[1])
-    redis.call('ZADD', KEYS[1], ARGV[2], ARGV[2 * i + 1])
-    created[i] = 1
-  else
-    created[i] = 0
-  end
-end
-return created
-"""
-
-# KEYS: the failed job's result key, its retried marker, the queue, the new job key, the new
-# result key. ARGV: the new job's key expiry (ms), score, serialised job, id. Atomic, so two
-# operators retrying the same failure enqueue it once. Returns {0} when the failure is gone,
-# {2, id} when it was already retried as `id`, {1, new id} when enqueued.
-_RETRY_SCRIPT = """
-local ttl = redis.call('PTTL', KEYS[1])
-if ttl == -2 then return {0} end
-local prior = redis.call('GET', KEYS[2])
-if prior then return {2, prior} end
-if redis.call('EXISTS', KEYS[4], KEYS[5]) == 1 then return {3} end
-if ttl > 0 then
-  redis.call('SET', KEYS[2], ARGV[4], 'PX', ttl)
-else
-  redis.call('SET', KEYS[2], ARGV[4])
-end
-redis.call('SET', KEYS[4], ARGV[3], 'PX', ARGV[1])
-redis.call('ZADD', KEYS[3], ARGV[2], ARGV[4])
-return {1, ARGV[4]}
-"""
-
-
-class JobFailed(JobError):
-    """The job ran and failed; `kind` and `message` are the worker's error."""
-
-    def __init__(self, job_id: str, error: JobError, *, tries: int) -> None:
-        super().__init__(error.kind, error.message)
-        self.job_id = job_id
-        self.tries = tries
-
-
-class JobNotFound(EtlError):
-    """No such job: it never existed here, or its result has expired."""
-
-
-class CannotRetry(EtlError):
-    """This job cannot be retried."""
 
 
 def validate(spec: JobSpec[PayloadT, Any], payload: PayloadT | Mapping[str, Any]) -> PayloadT:
@@ -209,6 +164,28 @@ class JobHandle(Generic[ResultT]):
         return cast(ResultT, model.model_validate(state.result))
 
 
+class JobMethod(Generic[PayloadT, ResultT]):
+    """A client method enqueueing one job: `etl.ping(payload)` is `etl.enqueue(ping, payload)`."""
+
+    def __init__(self, spec: JobSpec[PayloadT, ResultT], client: EtlClient | None = None) -> None:
+        self.spec = spec
+        self._client = client
+
+    def __get__(
+        self, client: EtlClient | None, owner: type[EtlClient]
+    ) -> JobMethod[PayloadT, ResultT]:
+        return self if client is None else JobMethod(self.spec, client)
+
+    async def __call__(
+        self, payload: PayloadT | Mapping[str, Any] | None = None, *, _job_id: str | None = None
+    ) -> JobHandle[ResultT]:
+        """Enqueue the job; no payload means the payload model's defaults."""
+        if self._client is None:
+            raise TypeError(f"{self.spec.name}() is a method: call it on an EtlClient")
+        payload = {} if payload is None else payload
+        return await self._client.enqueue(self.spec, payload, _job_id=_job_id)
+
+
 class EtlClient:
     """Enqueue jobs and read their outcome. Create once per app; close on shutdown.
 
@@ -226,9 +203,10 @@ class EtlClient:
         settings = settings or get_settings()
         update: dict[str, Any] = {}
         if redis_url is not None:
-            if redis_url.split("://", 1)[0] not in ("redis", "rediss", "unix"):
-                raise ConfigError("REDIS_URL must start with redis://, rediss:// or unix://")
-            update["redis_url"] = redis_url
+            try:
+                update["redis_url"] = check_redis_url(redis_url)
+            except ValueError as exc:
+                raise ConfigError(str(exc)) from None
         if queue_name is not None:
             update["queue_name"] = queue_name
         self.settings = settings.model_copy(update=update)
@@ -274,33 +252,12 @@ class EtlClient:
             raise RuntimeError("the client is not open: use `async with EtlClient(...)`")
         return self._redis
 
-    # One typed method per job. `_job_id` deduplicates: a second enqueue with the same id
-    # returns a handle on the first job (created=False) and writes nothing.
-
-    async def import_file(
-        self, payload: ImportFilePayload | Mapping[str, Any], *, _job_id: str | None = None
-    ) -> JobHandle[ImportResult]:
-        return await self.enqueue(import_file, payload, _job_id=_job_id)
-
-    async def upsert_rows(
-        self, payload: UpsertRowsPayload | Mapping[str, Any], *, _job_id: str | None = None
-    ) -> JobHandle[UpsertResult]:
-        return await self.enqueue(upsert_rows, payload, _job_id=_job_id)
-
-    async def export_dataset(
-        self, payload: ExportPayload | Mapping[str, Any], *, _job_id: str | None = None
-    ) -> JobHandle[ExportResult]:
-        return await self.enqueue(export_dataset, payload, _job_id=_job_id)
-
-    async def transfer_funds(
-        self, payload: TransferPayload | Mapping[str, Any], *, _job_id: str | None = None
-    ) -> JobHandle[TransferResult]:
-        return await self.enqueue(transfer_funds, payload, _job_id=_job_id)
-
-    async def ping(
-        self, payload: PingPayload | Mapping[str, Any] | None = None, *, _job_id: str | None = None
-    ) -> JobHandle[PingResult]:
-        return await self.enqueue(ping, payload or {}, _job_id=_job_id)
+    # The jobs apps enqueue, by name: `etl.ping({"touch_db": False}, _job_id=...)`.
+    import_file = JobMethod(import_file_spec)
+    upsert_rows = JobMethod(upsert_rows_spec)
+    export_dataset = JobMethod(export_dataset_spec)
+    transfer_funds = JobMethod(transfer_funds_spec)
+    ping = JobMethod(ping_spec)
 
     async def enqueue(
         self,
@@ -309,6 +266,11 @@ class EtlClient:
         *,
         _job_id: str | None = None,
     ) -> JobHandle[ResultT]:
+        """Enqueue one job; its handle's result is the spec's result model.
+
+        `_job_id` deduplicates: a second enqueue with the same id writes nothing and returns a
+        handle on the first job (`created` False).
+        """
         model = validate(spec, payload)
         created = await self._write([(spec.name, model, _job_id or uuid.uuid4().hex)])
         job_id, was_created = created[0]
@@ -355,7 +317,7 @@ class EtlClient:
                 keys += [job_key_prefix + job_id, result_key_prefix + job_id]
                 kwargs = model.model_dump(mode="json")
                 argv += [job_id, job_bytes(function, kwargs, enqueue_time_ms=now)]
-            flags = await self.redis.eval(_ENQUEUE_SCRIPT, len(keys), *keys, *argv)  # type: ignore[misc]
+            flags = await self.redis.eval(ENQUEUE_SCRIPT, len(keys), *keys, *argv)  # type: ignore[misc]
             out += [(job_id, bool(flag)) for (_, _, job_id), flag in zip(chunk, flags, strict=True)]
         return out
 
@@ -368,26 +330,7 @@ class EtlClient:
 
     async def retry(self, job_id: str) -> JobHandle[Any]:
         """Enqueue a failed job again, with its original arguments, under a new id."""
-        state = await self.status(job_id)
-        if state.state == "not_found":
-            raise JobNotFound(f"job {job_id} not found (failures are kept ETL_KEEP_RESULT seconds)")
-        if state.state != "failed":
-            raise CannotRetry(f"job {job_id} is {state.state}, not failed: nothing to retry")
-        if state.queue_name != self.queue_name:
-            raise CannotRetry(f"job {job_id} ran on queue {state.queue_name!r}, not this one")
-        if state.retried_as is not None:
-            raise CannotRetry(f"job {job_id} was already retried as {state.retried_as}")
-        spec = BY_NAME.get(state.function or "")
-        if spec is None:
-            raise CannotRetry(
-                f"job {job_id} ran {state.function!r}, which this worker does not run"
-            )
-        if state.args:
-            raise CannotRetry(f"job {job_id} has positional arguments; jobs take keyword arguments")
-        try:
-            model = validate(spec, state.kwargs)
-        except InvalidPayload as exc:
-            raise CannotRetry(f"job {job_id} cannot succeed as enqueued: {exc.message}") from None
+        spec, model = retryable(await self.status(job_id), queue_name=self.queue_name)
         new_id = uuid.uuid4().hex
         now = timestamp_ms()
         keys = [
@@ -403,7 +346,7 @@ class EtlClient:
             job_bytes(spec.name, model.model_dump(mode="json"), enqueue_time_ms=now),
             new_id,
         ]
-        outcome = await self.redis.eval(_RETRY_SCRIPT, len(keys), *keys, *argv)  # type: ignore[misc]
+        outcome = await self.redis.eval(RETRY_SCRIPT, len(keys), *keys, *argv)  # type: ignore[misc]
         code = int(outcome[0])
         if code == 0:
             raise JobNotFound(f"job {job_id} not found: its failure expired meanwhile")
@@ -412,3 +355,25 @@ class EtlClient:
         if code == 3:
             raise CannotRetry(f"job id {new_id} is taken; try again")
         return JobHandle(self, new_id, function=spec.name, result_model=spec.result, created=True)
+
+
+def retryable(state: JobState, *, queue_name: str) -> tuple[JobSpec[Any, Any], BaseModel]:
+    """The job and payload to enqueue again for a failed job; JobNotFound or CannotRetry."""
+    job_id = state.job_id
+    if state.state == "not_found":
+        raise JobNotFound(f"job {job_id} not found (failures are kept ETL_KEEP_RESULT seconds)")
+    if state.state != "failed":
+        raise CannotRetry(f"job {job_id} is {state.state}, not failed: nothing to retry")
+    if state.queue_name != queue_name:
+        raise CannotRetry(f"job {job_id} ran on queue {state.queue_name!r}, not this one")
+    if state.retried_as is not None:
+        raise CannotRetry(f"job {job_id} was already retried as {state.retried_as}")
+    spec = BY_NAME.get(state.function or "")
+    if spec is None:
+        raise CannotRetry(f"job {job_id} ran {state.function!r}, which this worker does not run")
+    if state.args:
+        raise CannotRetry(f"job {job_id} has positional arguments; jobs take keyword arguments")
+    try:
+        return spec, validate(spec, state.kwargs)
+    except InvalidPayload as exc:
+        raise CannotRetry(f"job {job_id} cannot succeed as enqueued: {exc.message}") from None

@@ -20,9 +20,10 @@ import time
 import uuid
 from collections import Counter
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from arq.worker import Worker
 from pydantic import BaseModel
@@ -30,21 +31,21 @@ from sqlalchemy import select
 
 from jobs.models import (
     ExportPayload,
-    ExportResult,
     ImportFilePayload,
-    ImportResult,
     TransferItem,
     TransferPayload,
     TransferResult,
     UpsertResult,
     UpsertRowsPayload,
 )
-from jobs.tables import import_rejects
+from jobs.schema import import_rejects
 from jobs.transfers.plan import CURRENCY_MISMATCH, INSUFFICIENT_FUNDS
 from worker.client import EtlClient, JobHandle
 from worker.db import create_engine
 from worker.main import build_worker_settings
 from worker.settings import Settings
+
+ResultT = TypeVar("ResultT", bound=BaseModel)
 
 CUSTOMERS_FILE = "demo-customers.csv"
 ACCOUNTS_FILE = "demo-accounts.csv"
@@ -195,86 +196,99 @@ async def scenario(settings: Settings, *, say: Callable[[str], None]) -> dict[st
     """Run the demo's jobs through a worker in this process; return the summary."""
     started = time.monotonic()
     write_samples(settings.import_dir)
-    summary: dict[str, Any] = {
-        "database": settings.database_url_safe(),
-        "redis": settings.redis_url_safe(),
-        "queue": settings.queue_name,
-        "import_dir": str(settings.import_dir),
-    }
     worker, task = _start_worker(settings)
-    step = "start"
-
-    async def finish(handle: JobHandle[Any]) -> BaseModel:
-        # Waits for the result, unless the worker itself stops first (it could not start, say).
-        waiting = asyncio.ensure_future(handle.result(timeout=JOB_TIMEOUT_S))
-        await asyncio.wait({waiting, task}, return_when=asyncio.FIRST_COMPLETED)
-        if not waiting.done():
-            waiting.cancel()
-            task.result()  # the worker's own error, if it had one
-            raise RuntimeError("the worker stopped before the job finished")
-        result: BaseModel = waiting.result()
-        return result
-
+    demo = _Demo(settings=settings, say=say, worker_task=task)
     try:
         async with EtlClient(settings) as etl:
-            summary["imports"] = []
-            for dataset, name in (("customers", CUSTOMERS_FILE), ("accounts", ACCOUNTS_FILE)):
-                step = f"import {dataset}"
-                say(f"{step} from {name}")
-                job = await etl.import_file(
-                    ImportFilePayload(dataset=dataset, path=name, mode="insert")
-                )
-                imported = await finish(job)
-                assert isinstance(imported, ImportResult)
-                summary["imports"].append(
-                    {
-                        "file": name,
-                        "mode": "insert",
-                        **imported.model_dump(mode="json"),
-                        "rejects": await _import_rejects(settings, imported.import_id),
-                    }
-                )
-
-            step = "transfers and upsert"
-            say("transfers and an upsert, enqueued together in one batch")
-            moved, upserted = await etl.enqueue_many(
-                [
-                    TransferPayload(transfers=transfers()),
-                    UpsertRowsPayload(dataset="customers", rows=upsert_rows()),
-                ]
-            )
-            transferred = await finish(moved)
-            assert isinstance(transferred, TransferResult)
-            summary["transfers"] = {
-                "applied": transferred.applied,
-                "rejected": transferred.rejected,
-                "duplicate": transferred.duplicate,
-                "reasons": dict(
-                    Counter(
-                        _rule(o.reason or "") for o in transferred.results if o.status == "rejected"
-                    )
-                ),
-            }
-            upsert = await finish(upserted)
-            assert isinstance(upsert, UpsertResult)
-            summary["upsert"] = upsert.model_dump(mode="json")
-
-            step = "export customers"
-            say(step)
-            export_job = await etl.export_dataset(
-                ExportPayload(dataset="customers", format="csv", compress=True)
-            )
-            exported = await finish(export_job)
-            assert isinstance(exported, ExportResult)
-            summary["export"] = exported.model_dump(mode="json")
+            await demo.imports(etl)
+            await demo.transfers_and_upsert(etl)
+            await demo.export(etl)
     except Exception as exc:
-        summary["failed_step"] = step
-        summary["error"] = str(exc)
-        raise DemoFailed(step, exc, summary) from exc
+        demo.summary["failed_step"] = demo.step
+        demo.summary["error"] = str(exc)
+        raise DemoFailed(demo.step, exc, demo.summary) from exc
     finally:
-        summary["elapsed_s"] = round(time.monotonic() - started, 1)
+        demo.summary["elapsed_s"] = round(time.monotonic() - started, 1)
         await _stop_worker(worker, task)
-    return summary
+    return demo.summary
+
+
+@dataclass
+class _Demo:
+    """The demo's steps, each adding to the summary; `step` names the one running."""
+
+    settings: Settings
+    say: Callable[[str], None]
+    worker_task: asyncio.Task[None]
+    step: str = "start"
+    summary: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.summary.update(
+            database=self.settings.database_url_safe(),
+            redis=self.settings.redis_url_safe(),
+            queue=self.settings.queue_name,
+            import_dir=str(self.settings.import_dir),
+        )
+
+    def begin(self, step: str, said: str | None = None) -> None:
+        self.step = step
+        self.say(said or step)
+
+    async def finish(self, handle: JobHandle[ResultT]) -> ResultT:
+        """The job's result, unless the worker itself stops first (it could not start, say)."""
+        waiting = asyncio.ensure_future(handle.result(timeout=JOB_TIMEOUT_S))
+        await asyncio.wait({waiting, self.worker_task}, return_when=asyncio.FIRST_COMPLETED)
+        if not waiting.done():
+            waiting.cancel()
+            self.worker_task.result()  # the worker's own error, if it had one
+            raise RuntimeError("the worker stopped before the job finished")
+        return waiting.result()
+
+    async def imports(self, etl: EtlClient) -> None:
+        self.summary["imports"] = []
+        for dataset, name in (("customers", CUSTOMERS_FILE), ("accounts", ACCOUNTS_FILE)):
+            self.begin(f"import {dataset}", f"import {dataset} from {name}")
+            payload = ImportFilePayload(dataset=dataset, path=name, mode="insert")
+            imported = await self.finish(await etl.import_file(payload))
+            self.summary["imports"].append(
+                {
+                    "file": name,
+                    "mode": "insert",
+                    **imported.model_dump(mode="json"),
+                    "rejects": await _import_rejects(self.settings, imported.import_id),
+                }
+            )
+
+    async def transfers_and_upsert(self, etl: EtlClient) -> None:
+        self.begin(
+            "transfers and upsert", "transfers and an upsert, enqueued together in one batch"
+        )
+        moved, upserted = await etl.enqueue_many(
+            [
+                TransferPayload(transfers=transfers()),
+                UpsertRowsPayload(dataset="customers", rows=upsert_rows()),
+            ]
+        )
+        transferred = await self.finish(moved)
+        assert isinstance(transferred, TransferResult)
+        rejected = (o.reason or "" for o in transferred.results if o.status == "rejected")
+        self.summary["transfers"] = {
+            "applied": transferred.applied,
+            "rejected": transferred.rejected,
+            "duplicate": transferred.duplicate,
+            "reasons": dict(Counter(_rule(reason) for reason in rejected)),
+        }
+        upsert = await self.finish(upserted)
+        assert isinstance(upsert, UpsertResult)
+        self.summary["upsert"] = upsert.model_dump(mode="json")
+
+    async def export(self, etl: EtlClient) -> None:
+        self.begin("export customers")
+        job = await etl.export_dataset(
+            ExportPayload(dataset="customers", format="csv", compress=True)
+        )
+        self.summary["export"] = (await self.finish(job)).model_dump(mode="json")
 
 
 def summary_lines(summary: dict[str, Any]) -> list[str]:

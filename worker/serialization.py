@@ -9,16 +9,9 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from worker.errors import JobError
+
 _ERROR_KEY = "__error__"
-
-
-class JobError(Exception):
-    """A job's failure as read back from Redis."""
-
-    def __init__(self, kind: str, message: str) -> None:
-        self.kind = kind
-        self.message = message
-        super().__init__(f"{kind}: {message}" if message else kind)
 
 
 def _default(value: Any) -> Any:

@@ -52,6 +52,15 @@ def redact_url(value: str) -> str:
     return f"{scheme}://{user}:***@{hostpart}"
 
 
+def check_redis_url(value: str) -> str:
+    """`value` if it is a Redis URL arq can use; ValueError in one line (no password) otherwise."""
+    scheme = value.split("://", 1)[0] if "://" in value else ""
+    if scheme not in _REDIS_SCHEMES:
+        raise ValueError("REDIS_URL must start with redis://, rediss:// or unix://")
+    check_redis_numbers(value)
+    return value
+
+
 def check_redis_numbers(value: str) -> None:
     """Fail here, in one clear line, on what arq's URL parser would fail on later.
 
@@ -135,13 +144,7 @@ class Settings(BaseSettings):
     @field_validator("redis_url")
     @classmethod
     def _check_redis_url(cls, value: str | None) -> str | None:
-        if not value:
-            return None
-        scheme = value.split("://", 1)[0] if "://" in value else ""
-        if scheme not in _REDIS_SCHEMES:
-            raise ValueError("REDIS_URL must start with redis://, rediss:// or unix://")
-        check_redis_numbers(value)
-        return value
+        return check_redis_url(value) if value else None
 
     @field_validator("import_dir", "export_dir", "state_dir")
     @classmethod

@@ -13,17 +13,18 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Literal
 
-from arq.constants import (
+from redis.asyncio import Redis
+
+from worker.errors import JobError, UnreadableRecord
+from worker.keys import (
+    PROGRESS_KEY_PREFIX,
+    RETRIED_KEY_PREFIX,
     in_progress_key_prefix,
     job_key_prefix,
     result_key_prefix,
     retry_key_prefix,
 )
-from redis.asyncio import Redis
-
-from jobs.errors import EtlError
-from worker.keys import PROGRESS_KEY_PREFIX, RETRIED_KEY_PREFIX
-from worker.serialization import JobError, deserialize
+from worker.serialization import deserialize
 
 State = Literal["queued", "deferred", "in_progress", "complete", "failed", "not_found"]
 
@@ -85,10 +86,6 @@ class JobState:
         if self.retried_as is not None:
             out["retried_as"] = self.retried_as
         return out
-
-
-class UnreadableRecord(EtlError):
-    """A Redis record that is not in this service's JSON job format."""
 
 
 def _record(raw: bytes, job_id: str) -> Any:

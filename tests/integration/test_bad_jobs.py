@@ -9,7 +9,7 @@ from arq.constants import job_key_prefix
 from arq.jobs import Job
 
 from tests.support.worker_helpers import run_burst
-from worker.serialization import JobError
+from worker.errors import JobError
 from worker.settings import Settings
 
 

@@ -17,7 +17,7 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from jobs.errors import PermanentError
-from tests.integration.etl_process import (
+from tests.support.etl_process import (
     ETL,
     base_env,
     cli_env,
@@ -26,7 +26,7 @@ from tests.integration.etl_process import (
     wait_until_key,
     worker_process,
 )
-from tests.integration.worker_helpers import run_burst
+from tests.support.worker_helpers import run_burst
 from worker.keys import PROGRESS_KEY_PREFIX
 from worker.serialization import serialize
 from worker.settings import Settings

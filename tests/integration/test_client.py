@@ -13,20 +13,14 @@ from arq.constants import in_progress_key_prefix, job_key_prefix
 from arq.jobs import Job
 from arq.worker import func
 
-from jobs.errors import InvalidPayload, PermanentError
+from jobs.errors import ConfigError, InvalidPayload, PermanentError
 from jobs.models import ExportPayload, ImportFilePayload, TransferPayload
-from jobs.ping import PingPayload, PingResult
-from tests.integration.etl_process import drop_queue
-from tests.integration.worker_helpers import run_burst
-from worker.client import (
-    BATCH_SIZE,
-    CannotRetry,
-    EtlClient,
-    JobFailed,
-    JobNotFound,
-    JobRequest,
-)
-from worker.runner import PROGRESS_KEY_PREFIX
+from jobs.ping import PingPayload, PingResult, ping
+from tests.support.etl_process import drop_queue
+from tests.support.worker_helpers import run_burst
+from worker.client import BATCH_SIZE, EtlClient, JobRequest
+from worker.errors import CannotRetry, JobFailed, JobNotFound
+from worker.keys import PROGRESS_KEY_PREFIX
 from worker.serialization import serialize
 from worker.settings import Settings
 from worker.status import list_failed
@@ -64,6 +58,30 @@ async def test_client_opens_from_a_redis_url_and_runs_a_job(
         await run_burst(settings, redis)
         result = await job.result(timeout=5)
     assert result == PingResult(pong=True, database=True)
+
+
+def test_a_redis_url_the_client_cannot_use_is_refused_without_its_password(
+    settings: Settings,
+) -> None:
+    with pytest.raises(ConfigError, match=r"^REDIS_URL must start with redis://, rediss://"):
+        EtlClient(settings, redis_url="http://cache:6379")
+    with pytest.raises(ConfigError) as caught:
+        EtlClient(settings, redis_url="redis://:hunter2@cache:port/0")
+    assert caught.value.message.startswith("REDIS_URL has a port or database number that is not")
+    assert "hunter2" not in caught.value.message
+
+
+async def test_enqueue_takes_a_job_spec_and_returns_its_result_type(
+    settings: Settings, redis: ArqRedis, client: EtlClient, clean_db: None
+) -> None:
+    job = await client.enqueue(ping, PingPayload(touch_db=False))
+    by_name = await client.ping({"touch_db": False})
+    assert (job.function, job.created, by_name.function) == ("ping", True, "ping")
+    await run_burst(settings, redis)
+    assert await job.result(timeout=5) == PingResult(pong=True, database=False)
+    assert await by_name.result(timeout=5) == PingResult(pong=True, database=False)
+    with pytest.raises(InvalidPayload, match=r"^invalid payload: ping takes PingPayload, got Ex"):
+        await client.enqueue(ping, ExportPayload(dataset="customers"))  # type: ignore[misc]
 
 
 async def test_a_bad_payload_fails_in_the_app_and_nothing_reaches_redis(

@@ -8,16 +8,21 @@ from pathlib import Path
 
 import pytest
 
+from jobs.errors import describe
 from jobs.models import TransferItem
-from worker import cli, demo
-from worker.cli_payloads import BadArgument, read_jsonl
+from worker import demo
+from worker.cli import build_parser, load_settings
+from worker.cli.health import reaching
+from worker.cli.payloads import payload_from_args, read_jsonl
+from worker.cli.render import Secrets
+from worker.errors import BadArgument, SettingsInvalid, Unreachable
 from worker.settings import get_settings
 
 
 def payload_of(*argv: str) -> tuple[str, dict[str, object]]:
-    args = cli.build_parser().parse_args(["enqueue", *argv])
-    function, payload = cli._payload(args)
-    return function, payload.model_dump()
+    args = build_parser().parse_args(["enqueue", *argv])
+    spec, payload = payload_from_args(args)
+    return spec.name, payload.model_dump()
 
 
 def refusal(*argv: str) -> str:
@@ -156,7 +161,7 @@ def test_a_missing_or_odd_jsonl_file(tmp_path: Path) -> None:
 
 def test_argparse_refuses_what_it_can_type_check(capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as caught:
-        cli.build_parser().parse_args(["enqueue", "transfer", "--amount", "ten"])
+        build_parser().parse_args(["enqueue", "transfer", "--amount", "ten"])
     assert caught.value.code == 2
     assert "argument --amount: invalid int value: 'ten'" in capsys.readouterr().err
 
@@ -169,8 +174,8 @@ def test_settings_errors_are_name_and_problem_lines_without_values(
     monkeypatch.setenv("ETL_RETRY_BASE", "soon")
     get_settings.cache_clear()
     try:
-        with pytest.raises(cli.SettingsInvalid) as caught:
-            cli.load_settings()
+        with pytest.raises(SettingsInvalid) as caught:
+            load_settings()
     finally:
         get_settings.cache_clear()
     assert caught.value.message.splitlines() == [
@@ -182,7 +187,7 @@ def test_settings_errors_are_name_and_problem_lines_without_values(
 
 
 def test_secrets_are_scrubbed_from_output() -> None:
-    secrets = cli.Secrets()
+    secrets = Secrets()
     secrets.add_url("postgresql://etl:p%40ss@db/etl")
     secrets.add_url("redis://:hunter2@cache:6379/0")
     secrets.add_url("not a url")
@@ -197,10 +202,24 @@ def test_describe_gives_the_innermost_cause_in_one_line() -> None:
         except OSError as exc:
             raise RuntimeError("wrapper\nwith a second line") from exc
     except RuntimeError as outer:
-        assert cli.describe(outer) == (
+        assert describe(outer) == (
             "ConnectionRefusedError: [Errno 111] Connect call failed ('127.0.0.1', 1)"
         )
-    assert cli.describe(TimeoutError()) == "no answer within 10 s"
+
+
+def test_a_server_out_of_reach_is_one_line_without_its_password() -> None:
+    with pytest.raises(Unreachable) as caught, reaching("Redis", "redis://:hunter2@cache:1/0"):
+        raise ConnectionRefusedError(111, "Connect call failed ('127.0.0.1', 1)")
+    assert caught.value.message == (
+        "cannot reach Redis at redis://:***@cache:1/0: "
+        "ConnectionRefusedError: [Errno 111] Connect call failed ('127.0.0.1', 1)"
+    )
+    with pytest.raises(Unreachable) as caught, reaching("PostgreSQL", None):
+        raise TimeoutError()
+    assert caught.value.message == "cannot reach PostgreSQL at (no URL): no answer within 10 s"
+    # Not a connection problem: left alone, for main() to report as unexpected.
+    with pytest.raises(KeyError), reaching("Redis", "redis://cache:1/0"):
+        raise KeyError("x")
 
 
 def test_demo_sample_data_is_fixed() -> None:

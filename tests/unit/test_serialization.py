@@ -7,7 +7,8 @@ from datetime import UTC, datetime
 from uuid import UUID
 
 from jobs.errors import InvalidPayload
-from worker.serialization import JobError, deserialize, serialize
+from worker.errors import JobError
+from worker.serialization import deserialize, serialize
 
 
 def test_job_payload_is_plain_json() -> None:

@@ -7,15 +7,17 @@ are read here; an import's `--file` is a path the worker resolves inside its imp
 
 from __future__ import annotations
 
+import argparse
 import json
 import uuid
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
 from pydantic import BaseModel, ValidationError
 
-from jobs.errors import EtlError
+from jobs.catalogue import BY_NAME
+from jobs.errors import validation_problems
 from jobs.models import (
     ExportPayload,
     ImportFilePayload,
@@ -24,6 +26,8 @@ from jobs.models import (
     UpsertRowsPayload,
 )
 from jobs.ping import PingPayload
+from jobs.spec import AnySpec
+from worker.errors import BadArgument
 
 ModelT = TypeVar("ModelT", bound=BaseModel)
 
@@ -46,15 +50,15 @@ FLAGS: dict[str, str] = {
 }
 
 
-class BadArgument(EtlError):
-    """An argument is not valid."""
+def _flag(loc: Sequence[str]) -> str:
+    return FLAGS.get(loc[0], loc[0]) if loc else "arguments"
 
 
-def _message(error: Mapping[str, Any]) -> str:
-    return str(error["msg"]).removeprefix("Value error, ")
+def _field(loc: Sequence[str]) -> str:
+    return ".".join(loc) or "line"
 
 
-def _check(model: type[ModelT], data: Mapping[str, Any], *, where: str = "") -> ModelT:
+def validated(model: type[ModelT], data: Mapping[str, Any], *, where: str = "") -> ModelT:
     """`model` validated from `data`; BadArgument naming each bad argument otherwise.
 
     `where` (a file and line) replaces the argument names for values read from a file.
@@ -62,15 +66,8 @@ def _check(model: type[ModelT], data: Mapping[str, Any], *, where: str = "") -> 
     try:
         return model.model_validate(data)
     except ValidationError as exc:
-        parts = []
-        for error in exc.errors(include_input=False, include_url=False):
-            loc = [str(part) for part in error["loc"]]
-            if where:
-                name = ".".join(loc) or "line"
-            else:
-                name = FLAGS.get(loc[0], loc[0]) if loc else "arguments"
-            parts.append(f"{name}: {_message(error)}")
-        raise BadArgument((f"{where}: " if where else "") + "; ".join(parts)) from None
+        problems = validation_problems(exc, name=_field if where else _flag)
+        raise BadArgument((f"{where}: " if where else "") + "; ".join(problems)) from None
 
 
 def read_jsonl(path: str) -> list[tuple[int, dict[str, Any]]]:
@@ -109,7 +106,7 @@ def text_line_of(exc: UnicodeDecodeError) -> int:
 def import_payload(
     *, dataset: str, file: str, mode: str, max_reject_ratio: float
 ) -> ImportFilePayload:
-    return _check(
+    return validated(
         ImportFilePayload,
         {"dataset": dataset, "path": file, "mode": mode, "max_reject_ratio": max_reject_ratio},
     )
@@ -117,18 +114,18 @@ def import_payload(
 
 def upsert_payload(*, dataset: str, file: str) -> UpsertRowsPayload:
     # The dataset first: a wrong name is the likelier mistake, and is cheaper to report.
-    _check(UpsertRowsPayload, {"dataset": dataset, "rows": []})
+    validated(UpsertRowsPayload, {"dataset": dataset, "rows": []})
     rows = [row for _, row in read_jsonl(file)]
     if not rows:
         raise BadArgument(f"--file: {file} holds no rows")
-    return _check(UpsertRowsPayload, {"dataset": dataset, "rows": rows})
+    return validated(UpsertRowsPayload, {"dataset": dataset, "rows": rows})
 
 
 def export_payload(*, dataset: str, format: str, gzip: bool, since: str | None) -> ExportPayload:
     data: dict[str, Any] = {"dataset": dataset, "format": format, "compress": gzip}
     if since is not None:
         data["since"] = since
-    return _check(ExportPayload, data)
+    return validated(ExportPayload, data)
 
 
 def transfer_payload(
@@ -146,7 +143,7 @@ def transfer_payload(
         if given:
             raise BadArgument(f"--file: give either --file or {', '.join(given)}, not both")
         items = [
-            _check(TransferItem, row, where=f"{file} line {number}")
+            validated(TransferItem, row, where=f"{file} line {number}")
             for number, row in read_jsonl(file)
         ]
         if not items:
@@ -156,7 +153,7 @@ def transfer_payload(
         if missing:
             raise BadArgument(f"{', '.join(missing)}: required (or give --file)")
         items = [
-            _check(
+            validated(
                 TransferItem,
                 {
                     "id": transfer_id or str(uuid.uuid4()),
@@ -166,8 +163,34 @@ def transfer_payload(
                 },
             )
         ]
-    return _check(TransferPayload, {"transfers": items})
+    return validated(TransferPayload, {"transfers": items})
 
 
 def ping_payload(*, no_db: bool) -> PingPayload:
-    return _check(PingPayload, {"touch_db": not no_db})
+    return validated(PingPayload, {"touch_db": not no_db})
+
+
+def payload_from_args(args: argparse.Namespace) -> tuple[AnySpec, BaseModel]:
+    """The job `etl enqueue JOB ...` names and its payload; BadArgument before anything connects."""
+    if args.job == "import":
+        return BY_NAME["import_file"], import_payload(
+            dataset=args.dataset,
+            file=args.file,
+            mode=args.mode,
+            max_reject_ratio=args.max_reject_ratio,
+        )
+    if args.job == "upsert":
+        return BY_NAME["upsert_rows"], upsert_payload(dataset=args.dataset, file=args.file)
+    if args.job == "export":
+        return BY_NAME["export_dataset"], export_payload(
+            dataset=args.dataset, format=args.format, gzip=args.gzip, since=args.since
+        )
+    if args.job == "transfer":
+        return BY_NAME["transfer_funds"], transfer_payload(
+            file=args.file,
+            from_account=args.from_account,
+            to_account=args.to_account,
+            amount=args.amount,
+            transfer_id=args.id,
+        )
+    return BY_NAME["ping"], ping_payload(no_db=args.no_db)

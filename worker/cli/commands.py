@@ -1,0 +1,229 @@
+"""What each `etl` command does; every handler is `(settings, args) -> exit code`.
+
+`etl check` is in `health.py`; argument parsing is in `parser.py`, printing in `render.py`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+from pydantic import BaseModel
+
+from jobs.spec import AnySpec
+from worker import embedded
+from worker.cli.exits import EXIT_FAILED, EXIT_OK
+from worker.cli.health import preflight, reaching, redis_only, servers
+from worker.cli.payloads import payload_from_args
+from worker.cli.render import (
+    StatusLine,
+    err,
+    failed_lines,
+    out,
+    out_json,
+    progress_line,
+    result_lines,
+    state_lines,
+    tries,
+)
+from worker.client import EtlClient, JobHandle
+from worker.errors import BadArgument
+from worker.settings import Settings
+from worker.status import list_failed
+
+
+@contextlib.asynccontextmanager
+async def open_client(settings: Settings) -> AsyncIterator[EtlClient]:
+    client = EtlClient(settings)
+    with reaching("Redis", settings.redis_url):
+        await client.open()
+    try:
+        with reaching("Redis", settings.redis_url):
+            yield client
+    finally:
+        await client.close()
+
+
+def cmd_migrate(settings: Settings, args: argparse.Namespace) -> int:
+    from worker.migrate import upgrade_to_head
+
+    settings = servers(settings)
+    assert settings.database_url is not None
+    with reaching("PostgreSQL", settings.database_url):
+        head = upgrade_to_head(settings.database_url)
+    out(f"database {settings.database_url_safe()} is at revision {head} (head)")
+    return EXIT_OK
+
+
+def cmd_worker(settings: Settings, args: argparse.Namespace) -> int:
+    settings = servers(settings)
+    asyncio.run(preflight(settings))
+    asyncio.run(run_worker(settings, burst=args.burst))
+    return EXIT_OK
+
+
+async def run_worker(settings: Settings, *, burst: bool) -> None:
+    from arq.worker import Worker
+
+    from worker.main import build_worker_settings
+
+    # arq's Worker directly, not arq's CLI, which would reconfigure logging.
+    worker = Worker(**build_worker_settings(settings), burst=burst)
+    # Closing talks to Redis too (it removes the health key): a Redis gone by then is one line.
+    with reaching("Redis", settings.redis_url):
+        try:
+            await worker.async_run()
+        except asyncio.CancelledError:
+            pass  # SIGINT / SIGTERM: arq cancelled its main task once running jobs had finished
+        finally:
+            await worker.close()
+
+
+def cmd_embedded_stop(settings: Settings, args: argparse.Namespace) -> int:
+    stopped = embedded.stop(settings)
+    if stopped:
+        out(f"stopped the embedded {' and '.join(sorted(stopped))} under {settings.state_dir}")
+    else:
+        out(f"no embedded server was running under {settings.state_dir}")
+    return EXIT_OK
+
+
+def cmd_enqueue(settings: Settings, args: argparse.Namespace) -> int:
+    spec, payload = payload_from_args(args)
+    if args.timeout is not None and not args.wait:
+        raise BadArgument("--timeout: only with --wait")
+    return asyncio.run(enqueue(redis_only(settings), spec, payload, args))
+
+
+async def enqueue(
+    settings: Settings, spec: AnySpec, payload: BaseModel, args: argparse.Namespace
+) -> int:
+    async with open_client(settings) as client:
+        handle = await client.enqueue(spec, payload, _job_id=args.job_id)
+        if not handle.created:
+            err(f"a job with id {handle.job_id} already exists: not enqueued again")
+        if not args.wait:
+            if args.json:
+                out_json(
+                    {"job_id": handle.job_id, "function": spec.name, "created": handle.created}
+                )
+            else:
+                out(handle.job_id)
+            return EXIT_OK
+        if not args.json:
+            err(f"enqueued {spec.name} as job {handle.job_id}; waiting for it")
+        return await wait_for(handle, give_up_s=args.timeout, as_json=args.json)
+
+
+async def wait_for(handle: JobHandle[Any], *, give_up_s: float | None, as_json: bool) -> int:
+    """Wait for the job; print its result (exit 0) or its error on stderr (exit 1)."""
+    line = StatusLine()
+    started = time.monotonic()
+    while True:
+        state = await handle.status()
+        elapsed = time.monotonic() - started
+        if state.finished or state.state == "not_found":
+            break
+        if give_up_s is not None and elapsed >= give_up_s:
+            line.clear()
+            err(
+                f"job {handle.job_id} still {state.state} after {give_up_s:g} s; "
+                f"follow it with `etl status {handle.job_id}`"
+            )
+            return EXIT_FAILED
+        if line.enabled and elapsed >= 1.0:
+            # Long jobs show they are alive and how far they got.
+            line.show(progress_line(state, elapsed))
+        await asyncio.sleep(0.25)
+    line.clear()
+    if state.state == "not_found":
+        err(f"job {handle.job_id} disappeared: its result expired or Redis was flushed")
+        return EXIT_FAILED
+    if state.state == "failed":
+        assert state.error is not None
+        err(f"job {handle.job_id} ({state.function}) failed after {tries(state)}: {state.error}")
+        return EXIT_FAILED
+    if as_json:
+        out_json(state.result)
+    else:
+        out(f"job {handle.job_id} ({state.function}) complete")
+        for text in result_lines(state.result):
+            out(text)
+    return EXIT_OK
+
+
+def cmd_status(settings: Settings, args: argparse.Namespace) -> int:
+    return asyncio.run(status(redis_only(settings), args.job_id, as_json=args.json))
+
+
+async def status(settings: Settings, job_id: str, *, as_json: bool) -> int:
+    async with open_client(settings) as client:
+        state = await client.status(job_id)
+    if as_json:
+        out_json(state.as_json())
+    else:
+        for line in state_lines(state):
+            out(line)
+    return EXIT_FAILED if state.state == "not_found" else EXIT_OK
+
+
+def cmd_failed(settings: Settings, args: argparse.Namespace) -> int:
+    return asyncio.run(failed(redis_only(settings), args))
+
+
+async def failed(settings: Settings, args: argparse.Namespace) -> int:
+    async with open_client(settings) as client:
+        states = await list_failed(
+            client.redis, queue_name=settings.queue_name, include_retried=args.all
+        )
+    states = states[: args.limit]
+    if args.json:
+        out_json([state.as_json() for state in states])
+        return EXIT_OK
+    if not states:
+        out(f"no failed jobs kept on queue {settings.queue_name!r}")
+        return EXIT_OK
+    for state in states:
+        for line in failed_lines(state):
+            out(line)
+    return EXIT_OK
+
+
+def cmd_retry(settings: Settings, args: argparse.Namespace) -> int:
+    return asyncio.run(retry(redis_only(settings), args.job_id, as_json=args.json))
+
+
+async def retry(settings: Settings, job_id: str, *, as_json: bool) -> int:
+    async with open_client(settings) as client:
+        handle = await client.retry(job_id)
+    if as_json:
+        out_json({"job_id": handle.job_id, "function": handle.function, "retry_of": job_id})
+    else:
+        out(handle.job_id)
+    return EXIT_OK
+
+
+def cmd_demo(settings: Settings, args: argparse.Namespace) -> int:
+    from worker import demo
+    from worker.migrate import upgrade_to_head
+
+    settings = servers(settings)
+    asyncio.run(preflight(settings))
+    assert settings.database_url is not None
+    with reaching("PostgreSQL", settings.database_url):
+        upgrade_to_head(settings.database_url)
+    code = EXIT_OK
+    try:
+        summary = asyncio.run(demo.scenario(settings, say=lambda text: err(f"demo: {text}")))
+    except demo.DemoFailed as exc:
+        summary, code = exc.summary, EXIT_FAILED
+    if args.json:
+        out_json(summary)
+    else:
+        for line in demo.summary_lines(summary):
+            out(line)
+    return code
