@@ -49,3 +49,7 @@ class SettingsInvalid(ConfigError):
 
 class BadArgument(EtlError):
     """An argument is not valid."""
+
+
+class InvalidJob(EtlError):
+    """The job's record in Redis is not a valid job (wrong or missing fields); it is not run."""

@@ -60,6 +60,26 @@ def configure_logging(
     logging.captureWarnings(True)
 
 
+class _InvalidJobLine(logging.Filter):
+    """arq logs a record it cannot read with a traceback; for one that is simply not a valid job
+    (worker.serialization's check), a warning naming the reason says all there is to say."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        from worker.errors import InvalidJob
+
+        error = record.exc_info[1] if record.exc_info else None
+        cause = error.__cause__ if error is not None else None
+        if isinstance(cause, InvalidJob):
+            record.msg = f"{record.getMessage()}: {cause.message}"
+            record.args = None
+            record.exc_info = None
+            record.levelno, record.levelname = logging.WARNING, "WARNING"
+        return True
+
+
+_INVALID_JOB_LINE = _InvalidJobLine()
+
+
 def reclaim_arq_logger(level: str = "INFO") -> None:
     """Send arq's lines through the root handler (ours) rather than arq's own text handler.
 
@@ -70,3 +90,6 @@ def reclaim_arq_logger(level: str = "INFO") -> None:
     named.handlers.clear()
     named.propagate = True
     named.setLevel(level)
+    worker_lines = logging.getLogger("arq.worker")
+    if _INVALID_JOB_LINE not in worker_lines.filters:
+        worker_lines.addFilter(_INVALID_JOB_LINE)

@@ -27,7 +27,7 @@ from worker.db import create_engine, create_sessionmaker
 from worker.logging import configure_logging, reclaim_arq_logger
 from worker.redis import redis_settings
 from worker.runner import arq_function
-from worker.serialization import deserialize, serialize
+from worker.serialization import deserialize_job, serialize
 from worker.settings import Settings, get_settings
 
 log = structlog.get_logger("worker")
@@ -133,7 +133,7 @@ def build_worker_settings(
         # them; a cancelled job's transaction rolls back and arq (retry_jobs) queues it again.
         "job_completion_wait": settings.shutdown_grace_s,
         "job_serializer": serialize,
-        "job_deserializer": deserialize,
+        "job_deserializer": deserialize_job,
         "on_startup": startup,
         "on_shutdown": shutdown,
         "on_job_start": on_job_start,

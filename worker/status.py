@@ -30,7 +30,33 @@ State = Literal["queued", "deferred", "in_progress", "complete", "failed", "not_
 
 
 def _when(ms: Any) -> datetime | None:
-    return datetime.fromtimestamp(ms / 1000, tz=UTC) if isinstance(ms, int | float) else None
+    if isinstance(ms, bool) or not isinstance(ms, int | float):
+        return None
+    try:
+        return datetime.fromtimestamp(ms / 1000, tz=UTC)
+    except (ValueError, OverflowError, OSError):
+        return None  # not a time a record from another app could mean
+
+
+# A record written by another app may hold any JSON in any field: show what fits, never fail.
+def _text_field(value: Any) -> str | None:
+    return value if isinstance(value, str) else None
+
+
+def _list_field(value: Any) -> list[Any]:
+    return list(value) if isinstance(value, list) else []
+
+
+def _dict_field(value: Any) -> dict[str, Any]:
+    return dict(value) if isinstance(value, dict) else {}
+
+
+def _int_field(value: Any, default: int) -> int:
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if isinstance(value, str | bytes) and value.strip().isdigit():
+        return int(value)
+    return default
 
 
 def _error_of(value: Any) -> JobError:
@@ -105,11 +131,11 @@ def _from_result(job_id: str, raw: bytes, *, retried_as: str | None) -> JobState
     return JobState(
         job_id=job_id,
         state="complete" if success else "failed",
-        function=record.get("f"),
-        args=list(record.get("a") or []),
-        kwargs=dict(record.get("k") or {}),
-        tries=int(record.get("t") or 1),
-        queue_name=record.get("q"),
+        function=_text_field(record.get("f")),
+        args=_list_field(record.get("a")),
+        kwargs=_dict_field(record.get("k")),
+        tries=_int_field(record.get("t"), 1),
+        queue_name=_text_field(record.get("q")),
         enqueued_at=_when(record.get("et")),
         started_at=_when(record.get("st")),
         finished_at=_when(record.get("ft")),
@@ -148,7 +174,7 @@ async def read_state(redis: Redis, job_id: str, *, queue_name: str) -> JobState:
         return JobState(job_id=job_id, state="not_found")
     record = _record(job, job_id) if job else {}
     if not isinstance(record, dict):
-        raise UnreadableRecord(f"job {job_id}: its Redis record is not a JSON object")
+        record = {}  # queued all the same; the worker will fail it as an invalid job
     runs_at = _when(score)
     state: State
     if in_progress:
@@ -160,10 +186,10 @@ async def read_state(redis: Redis, job_id: str, *, queue_name: str) -> JobState:
     return JobState(
         job_id=job_id,
         state=state,
-        function=record.get("f"),
-        args=list(record.get("a") or []),
-        kwargs=dict(record.get("k") or {}),
-        tries=int(runs or 0),
+        function=_text_field(record.get("f")),
+        args=_list_field(record.get("a")),
+        kwargs=_dict_field(record.get("k")),
+        tries=_int_field(runs, 0),
         queue_name=queue_name,
         enqueued_at=_when(record.get("et")),
         runs_at=None if state == "in_progress" else runs_at,

@@ -37,8 +37,10 @@ async def test_not_json_and_unknown_name_fail_and_the_next_job_runs(
 
     assert (worker.jobs_failed, worker.jobs_complete) == (2, 1)
     garbage = await _failure(redis, settings, garbage_id)
-    assert garbage.kind == "DeserializationError"
-    assert "unable to deserialize job" in garbage.message
+    assert (garbage.kind, garbage.message) == (
+        "InvalidJob",
+        "invalid job record: not JSON (UnicodeDecodeError)",
+    )
     missing = await _failure(redis, settings, unknown.job_id)
     assert (missing.kind, missing.message) == (
         "JobExecutionFailed",
