@@ -4,6 +4,12 @@ Each validator takes one input row (CSV fields as text, or a JSON object's value
 values to store, or raises RowRejected with a one-line reason naming the field. Reasons never
 repeat the value: the import keeps the raw line beside the reason, an upsert caller holds the row,
 and a value (an e-mail address) has no place in logs or job results.
+
+Two rules hold for every text field, wherever the row came from:
+- A value is stored as UTF-8, so a lone surrogate ("\\ud800": valid JSON, a valid Python str, but
+  no UTF-8 form) is a reject of its row. Left to the driver it fails the whole statement.
+- A length limit applies to the value as it will be stored, after trimming and case mapping:
+  "İ".lower() is two code points, so an e-mail can grow past its limit when lower-cased.
 """
 
 from __future__ import annotations
@@ -45,6 +51,11 @@ def _text(row: Mapping[str, Any], field: str, *, required: bool = True) -> str:
         raise RowRejected(f"{field}: must be text, got {_type_name(value)}")
     if "\x00" in value:
         raise RowRejected(f"{field}: contains a NUL byte")
+    if not value.isascii():  # isascii() reads a flag; encode() is the quickest full check
+        try:
+            value.encode()  # UTF-8; naming it ("utf-8") costs twice as much
+        except UnicodeEncodeError:  # UTF-8 encodes every code point but the surrogates
+            raise RowRejected(f"{field}: not valid text (lone surrogate)") from None
     value = value.strip()
     if required and not value:
         raise RowRejected(f"{field}: required")
@@ -89,15 +100,19 @@ def _integer(row: Mapping[str, Any], field: str) -> int:
 
 def _letters(row: Mapping[str, Any], field: str, length: int) -> str:
     value = _text(row, field)
+    # Checked before upper(), which keeps an ASCII letter one letter; checked after, "ß" would
+    # pass as "SS" and "ﬃ" as "FFI".
     if len(value) != length or not (value.isascii() and value.isalpha()):
         raise RowRejected(f"{field}: must be {length} ASCII letters")
     return value.upper()
 
 
 def _email(row: Mapping[str, Any]) -> str:
-    value = _text(row, "email")
+    given = _text(row, "email")
+    value = given.lower()  # the stored form: every rule below is checked on it
     if len(value) > MAX_EMAIL:
-        raise RowRejected(f"email: longer than {MAX_EMAIL} characters")
+        grown = " once lower-cased" if len(given) <= MAX_EMAIL else ""
+        raise RowRejected(f"email: longer than {MAX_EMAIL} characters{grown}")
     if _WHITESPACE.search(value):
         raise RowRejected("email: contains whitespace")
     local, at, domain = value.partition("@")
@@ -106,7 +121,7 @@ def _email(row: Mapping[str, Any]) -> str:
     labels = domain.split(".")
     if len(labels) < 2 or not all(labels):
         raise RowRejected("email: the domain must hold a dot between non-empty parts")
-    return value.lower()
+    return value
 
 
 def parse_timestamp(value: str, field: str) -> datetime:
@@ -133,6 +148,7 @@ def parse_timestamp(value: str, field: str) -> datetime:
 
 def validate_customer(row: Mapping[str, Any], *, now: datetime) -> dict[str, Any]:
     """customers: the rules in the order of the columns; an empty created_at means `now`."""
+    # external_id and full_name are stored as trimmed: their limits count exactly that.
     external_id = _text(row, "external_id")
     if len(external_id) > MAX_EXTERNAL_ID:
         raise RowRejected(f"external_id: longer than {MAX_EXTERNAL_ID} characters")

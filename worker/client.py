@@ -27,7 +27,7 @@ from arq.utils import timestamp_ms
 from pydantic import BaseModel, ValidationError
 
 from jobs.catalogue import BY_NAME, FUNCTIONS
-from jobs.errors import ConfigError, InvalidPayload, payload_error
+from jobs.errors import ConfigError, IdempotencyConflict, InvalidPayload
 from jobs.exports.job import export_dataset as export_dataset_spec
 from jobs.imports.job import import_file as import_file_spec
 from jobs.ping import ping as ping_spec
@@ -38,8 +38,8 @@ from worker import embedded
 from worker.errors import CannotRetry, JobFailed, JobNotFound
 from worker.keys import RETRIED_KEY_PREFIX, job_key_prefix, result_key_prefix
 from worker.redis import connect
+from worker.requests import compact, job_bytes, retryable, validate
 from worker.scripts import ENQUEUE_SCRIPT, RETRY_SCRIPT
-from worker.serialization import serialize
 from worker.settings import Settings, check_redis_url, get_settings
 from worker.status import JobState, read_state
 
@@ -67,29 +67,6 @@ SPEC_BY_PAYLOAD: dict[type[BaseModel], JobSpec[Any, Any]] = {
 
 BATCH_SIZE = 500
 """Jobs per script call: big enough to make round trips rare, small enough not to stall Redis."""
-
-
-def validate(spec: JobSpec[PayloadT, Any], payload: PayloadT | Mapping[str, Any]) -> PayloadT:
-    """The payload as the worker will see it; InvalidPayload (field and reason) otherwise."""
-    if isinstance(payload, BaseModel):
-        if not isinstance(payload, spec.payload):
-            raise InvalidPayload(
-                f"invalid payload: {spec.name} takes {spec.payload.__name__}, "
-                f"got {type(payload).__name__}"
-            )
-        # Checked again: a model built with model_construct() skipped validation.
-        data: Any = payload.model_dump(mode="json")
-    else:
-        data = payload
-    try:
-        return spec.payload.model_validate(data)
-    except ValidationError as exc:
-        raise payload_error(exc) from None
-
-
-def job_bytes(function: str, kwargs: Mapping[str, Any], *, enqueue_time_ms: int) -> bytes:
-    """arq's job record (`t` try, `f` function, `a` args, `k` kwargs, `et` enqueue time) as JSON."""
-    return serialize({"t": 1, "f": function, "a": [], "k": kwargs, "et": enqueue_time_ms})
 
 
 @dataclass(frozen=True, slots=True)
@@ -274,6 +251,8 @@ class EtlClient:
         model = validate(spec, payload)
         created = await self._write([(spec.name, model, _job_id or uuid.uuid4().hex)])
         job_id, was_created = created[0]
+        if not was_created:
+            await self._same_job(job_id, spec, model)
         return JobHandle(
             self, job_id, function=spec.name, result_model=spec.result, created=was_created
         )
@@ -301,6 +280,9 @@ class EtlClient:
                 raise InvalidPayload(f"job {index}: {exc.message}") from None
             planned.append((spec, model, request.job_id or uuid.uuid4().hex))
         written = await self._write([(spec.name, model, job_id) for spec, model, job_id in planned])
+        for (spec, model, _), (job_id, created) in zip(planned, written, strict=True):
+            if not created:
+                await self._same_job(job_id, spec, model)
         return [
             JobHandle(self, job_id, function=spec.name, result_model=spec.result, created=created)
             for (spec, _, _), (job_id, created) in zip(planned, written, strict=True)
@@ -320,6 +302,25 @@ class EtlClient:
             flags = await self.redis.eval(ENQUEUE_SCRIPT, len(keys), *keys, *argv)  # type: ignore[misc]
             out += [(job_id, bool(flag)) for (_, _, job_id), flag in zip(chunk, flags, strict=True)]
         return out
+
+    async def _same_job(self, job_id: str, spec: JobSpec[Any, Any], model: BaseModel) -> None:
+        """IdempotencyConflict unless the job already held under `job_id` asked the same."""
+        state = await self.status(job_id)
+        if state.state == "not_found":
+            return  # gone between the write and this read: nothing to compare with
+        asked = model.model_dump(mode="json")
+        held: Any = None
+        if state.function == spec.name:
+            try:
+                held = spec.payload.model_validate(state.kwargs).model_dump(mode="json")
+            except ValidationError:
+                held = None
+        if held != asked:
+            raise IdempotencyConflict(
+                f"job id {job_id!r} is already used by {state.function or 'another job'} "
+                f"({state.state}) with other arguments: {compact(state.kwargs)}; "
+                "use a new job id"
+            )
 
     def job(self, job_id: str) -> JobHandle[Any]:
         """A handle on a job enqueued earlier (by this process or another)."""
@@ -355,25 +356,3 @@ class EtlClient:
         if code == 3:
             raise CannotRetry(f"job id {new_id} is taken; try again")
         return JobHandle(self, new_id, function=spec.name, result_model=spec.result, created=True)
-
-
-def retryable(state: JobState, *, queue_name: str) -> tuple[JobSpec[Any, Any], BaseModel]:
-    """The job and payload to enqueue again for a failed job; JobNotFound or CannotRetry."""
-    job_id = state.job_id
-    if state.state == "not_found":
-        raise JobNotFound(f"job {job_id} not found (failures are kept ETL_KEEP_RESULT seconds)")
-    if state.state != "failed":
-        raise CannotRetry(f"job {job_id} is {state.state}, not failed: nothing to retry")
-    if state.queue_name != queue_name:
-        raise CannotRetry(f"job {job_id} ran on queue {state.queue_name!r}, not this one")
-    if state.retried_as is not None:
-        raise CannotRetry(f"job {job_id} was already retried as {state.retried_as}")
-    spec = BY_NAME.get(state.function or "")
-    if spec is None:
-        raise CannotRetry(f"job {job_id} ran {state.function!r}, which this worker does not run")
-    if state.args:
-        raise CannotRetry(f"job {job_id} has positional arguments; jobs take keyword arguments")
-    try:
-        return spec, validate(spec, state.kwargs)
-    except InvalidPayload as exc:
-        raise CannotRetry(f"job {job_id} cannot succeed as enqueued: {exc.message}") from None

@@ -13,7 +13,7 @@ from arq.constants import in_progress_key_prefix, job_key_prefix
 from arq.jobs import Job
 from arq.worker import func
 
-from jobs.errors import ConfigError, InvalidPayload, PermanentError
+from jobs.errors import ConfigError, IdempotencyConflict, InvalidPayload, PermanentError
 from jobs.models import ExportPayload, ImportFilePayload, TransferPayload
 from jobs.ping import PingPayload, PingResult, ping
 from tests.support.etl_process import drop_queue
@@ -110,17 +110,36 @@ async def test_a_second_enqueue_with_the_same_id_returns_the_first_job(
     settings: Settings, redis: ArqRedis, client: EtlClient, clean_db: None
 ) -> None:
     job_id = f"dedup-{uuid.uuid4().hex}"
-    first = await client.ping(PingPayload(touch_db=True), _job_id=job_id)
+    first = await client.ping(PingPayload(touch_db=False), _job_id=job_id)
     second = await client.ping({"touch_db": False}, _job_id=job_id)
     assert (first.job_id, first.created) == (job_id, True)
     assert (second.job_id, second.created) == (job_id, False)
     assert await _queued(redis, settings) == 1
 
     await run_burst(settings, redis)
-    # The first payload ran (touch_db=True), and a finished job's id still deduplicates.
-    assert await second.result(timeout=5) == PingResult(pong=True, database=True)
-    third = await client.ping(_job_id=job_id)
+    assert await second.result(timeout=5) == PingResult(pong=True, database=False)
+    # A finished job's id still deduplicates.
+    third = await client.ping({"touch_db": False}, _job_id=job_id)
     assert third.created is False
+    assert await _queued(redis, settings) == 0
+
+
+async def test_a_job_id_held_by_other_arguments_is_a_conflict(
+    settings: Settings, redis: ArqRedis, client: EtlClient, clean_db: None
+) -> None:
+    job_id = f"dedup-{uuid.uuid4().hex}"
+    await client.ping(PingPayload(touch_db=True), _job_id=job_id)
+    with pytest.raises(IdempotencyConflict) as queued:
+        await client.ping({"touch_db": False}, _job_id=job_id)
+    assert queued.value.message == (
+        f"job id {job_id!r} is already used by ping (queued) with other arguments: "
+        '{"touch_db": true}; use a new job id'
+    )
+    with pytest.raises(IdempotencyConflict, match="already used by ping"):
+        await client.export_dataset({"dataset": "customers"}, _job_id=job_id)
+    await run_burst(settings, redis)
+    with pytest.raises(IdempotencyConflict, match=r"already used by ping \(complete\)"):
+        await client.ping({"touch_db": False}, _job_id=job_id)
     assert await _queued(redis, settings) == 0
 
 
@@ -227,7 +246,7 @@ async def test_batch_keeps_the_skip_if_the_id_exists_rule(
         [
             JobRequest(PingPayload(), job_id=taken.job_id),
             JobRequest(PingPayload(), job_id=same),
-            JobRequest(PingPayload(touch_db=False), job_id=same),
+            JobRequest(PingPayload(touch_db=True), job_id=same),
             ExportPayload(dataset="customers", format="jsonl"),
         ]
     )

@@ -102,6 +102,83 @@ async def test_invalid_rows_are_reported_by_index_and_not_written(
     assert [r[0] for r in await rows(engine, CUSTOMERS)] == ["c1", "c6"]
 
 
+async def test_a_lone_surrogate_is_a_reject_and_the_other_rows_are_written(
+    ctx: dict[str, Any], engine: AsyncEngine
+) -> None:
+    """ "\ud800" is valid JSON and a valid str but not UTF-8: a reject, not a failed statement."""
+    result = await upsert(
+        ctx,
+        "customers",
+        [
+            customer(1),
+            customer(2, email="ada\ud800@example.com"),
+            customer(3),
+            customer(4, full_name="Ada \udc80"),
+            customer(5, external_id="c5\udfff"),
+            {**customer(6), "\ud800": "x"},
+            customer(7, full_name="Zoë \U0001f600"),
+        ],
+    )
+    assert result == {
+        "dataset": "customers",
+        "inserted": 3,
+        "updated": 0,
+        "rejected": 4,
+        "rejects": [
+            {"index": 1, "reason": "email: not valid text (lone surrogate)"},
+            {"index": 3, "reason": "full_name: not valid text (lone surrogate)"},
+            {"index": 4, "reason": "external_id: not valid text (lone surrogate)"},
+            {
+                "index": 5,
+                "reason": "'\\ud800': unknown field; customers rows take external_id, email, "
+                "full_name, country, created_at",
+            },
+        ],
+    }
+    assert [(r[0], r[2]) for r in await rows(engine, CUSTOMERS)] == [
+        ("c1", "Customer 1"),
+        ("c3", "Customer 3"),
+        ("c7", "Zoë \U0001f600"),
+    ]
+
+
+async def test_a_lone_surrogate_in_an_account_owner_is_a_reject(
+    ctx: dict[str, Any], engine: AsyncEngine
+) -> None:
+    """The owner is looked up before the write: that query must not see the surrogate either."""
+    await upsert(ctx, "customers", [customer(1)])
+    result = await upsert(
+        ctx,
+        "accounts",
+        [
+            {"id": 1, "customer_external_id": "c1\ud800", "currency": "EUR", "balance_cents": 1},
+            {"id": 2, "customer_external_id": "c1", "currency": "EUR", "balance_cents": 2},
+        ],
+    )
+    assert result["rejects"] == [
+        {"index": 0, "reason": "customer_external_id: not valid text (lone surrogate)"}
+    ]
+    assert (result["inserted"], result["rejected"]) == (1, 1)
+    assert await rows(engine, "select id, customer_external_id from accounts") == [(2, "c1")]
+
+
+async def test_an_email_that_grows_past_the_limit_when_lower_cased_is_a_reject(
+    ctx: dict[str, Any], engine: AsyncEngine
+) -> None:
+    """'İ'.lower() is two code points: 162 characters as sent would be 312 as stored."""
+    email = "İ" * 150 + "@example.com"
+    assert (len(email), len(email.lower())) == (162, 312)
+    fits = "İ" * 100 + "a" * 42 + "@example.com"  # 254 once lower-cased: the most there is
+    result = await upsert(ctx, "customers", [customer(1, email=email), customer(2, email=fits)])
+    assert result["rejects"] == [
+        {"index": 0, "reason": "email: longer than 254 characters once lower-cased"}
+    ]
+    assert (result["inserted"], result["rejected"]) == (1, 1)
+    assert await rows(engine, "select external_id, char_length(email) from customers") == [
+        ("c2", 254)
+    ]
+
+
 async def test_last_row_for_a_key_wins(ctx: dict[str, Any], engine: AsyncEngine) -> None:
     result = await upsert(
         ctx,
@@ -210,6 +287,28 @@ async def test_ten_thousand_rows_are_fine(ctx: dict[str, Any], engine: AsyncEngi
     result = await upsert(ctx, "customers", [customer(i) for i in range(10_000)])
     assert result["inserted"] == 10_000
     assert await count(engine, "customers") == 10_000
+
+
+async def test_a_lone_surrogate_through_the_real_worker_completes_the_job(
+    settings: Settings, redis: ArqRedis, engine: AsyncEngine, clean_db: None
+) -> None:
+    """The payload travels as JSON ("\\ud800"); the job completes and reports the row."""
+    job = await redis.enqueue_job(
+        "upsert_rows",
+        dataset="customers",
+        rows=[customer(1, full_name="\ud800"), customer(2)],
+        _queue_name=settings.queue_name,
+    )
+    assert job is not None
+    worker = await run_burst(settings, redis)
+    assert (worker.jobs_complete, worker.jobs_failed, worker.jobs_retried) == (1, 0, 0)
+    result = await Job(
+        job.job_id, redis, _queue_name=settings.queue_name, _deserializer=redis.job_deserializer
+    ).result(timeout=5)
+    assert result["rejects"] == [
+        {"index": 0, "reason": "full_name: not valid text (lone surrogate)"}
+    ]
+    assert [r[0] for r in await rows(engine, CUSTOMERS)] == ["c2"]
 
 
 @pytest.mark.parametrize(

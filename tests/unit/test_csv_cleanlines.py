@@ -52,6 +52,9 @@ def test_clean_customer_lines(line: bytes) -> None:
         (b'c1,ada@example.com,"Ada,GB,2020-01-01', "open quote"),
         (b"c1,ada@example.com,Ada\rX,GB,2020-01-01", "bare carriage return"),
         (b"c1,ada@@example.com,Ada,GB,2020-01-01", "two @"),
+        (b"c1,\xc4\xb0pek@example.com,Ada,GB,2020-01-01", "non-ASCII e-mail: lower() may grow it"),
+        (b"c1,\xe2\x84\xaaate@example.com,Ada,GB,2020-01-01", "non-ASCII e-mail: Kelvin sign"),
+        (b"c1,ada@example.com,A\xed\xa0\x80da,GB,2020-01-01", "an encoded surrogate"),
         (b"c1,ada@localhost,Ada,GB,2020-01-01", "no dot in the domain"),
         (b"," + b"x" * 65 + b",Ada,GB,2020-01-01", "long external_id"),
         (b"c1,ada@example.com," + b"x" * 201 + b",GB,2020-01-01", "long name"),
@@ -77,6 +80,15 @@ def test_empty_optional_field_only_where_null_is_wanted() -> None:
     assert not accounts.line(b"1" * 19 + b",c1,EUR,1")
 
 
+def test_the_longest_clean_email_fits_the_rule_as_stored() -> None:
+    email = "x" * 64 + "@" + "y" * 62 + "." + "z" * 62 + "." + "w" * 62
+    line = b"c1," + email.encode() + b",Ada,GB,2020-01-01"
+    assert CleanLines("customers", CUSTOMER_COLUMNS, may_be_empty=frozenset()).line(line)
+    row = dict(zip(CUSTOMER_COLUMNS, line.decode().split(","), strict=True))
+    assert validate_customer(row, now=NOW)["email"] == email
+    assert len(email) == 253
+
+
 def test_whole_block() -> None:
     clean = CleanLines("customers", CUSTOMER_COLUMNS, may_be_empty=frozenset())
     good = b"c1,ada@example.com,Ada,GB,2020-01-01\r\nc2,bob@example.com,Bob,DE,2020-01-02\n"
@@ -91,6 +103,9 @@ def test_whole_block() -> None:
 TEXT_PIECES = [
     "a", "Z", "0", ".", "-", "_", "+", "@", " ", "\t", '"', ",", "'", "é", "\u00a0", "\u3000",
     "\\", "x" * 60, "\x0b", "\x1f", "~", "[", "!",
+    # Non-ASCII that normalising changes ('İ'.lower() is two code points, the Kelvin sign
+    # lower-cases to ASCII "k"), and a lone surrogate (written as the bytes of its code point).
+    "İ", "\u212a", "\ud800",
 ]  # fmt: skip
 TIMESTAMPS = [
     "2020-01-01", "2020-01-01T00:00:17Z", "2024-02-29", "2023-02-29", "2100-02-29", "2000-02-29",
@@ -107,7 +122,16 @@ def random_text(rng: random.Random) -> str:
 VALID = {
     "external_id": ["c1", "C-0000000001", "x" * 64, "a.b_c~!", "9"],
     "email": ["ada@example.com", "a.b+c@mail.example.co", "x@y.z", "o'neil@ex-ample.org"],
-    "full_name": ["Ada", "Donald Ritchie, Jr.", "O'Neil", "Zoé Quinn", "A\tB", "x" * 200],
+    "full_name": [
+        "Ada",
+        "Donald Ritchie, Jr.",
+        "O'Neil",
+        "Zoé Quinn",
+        "A\tB",
+        "x" * 200,
+        "Z" + "é" * 99 + "x",
+        "Ada \U0001f600 L",
+    ],
     "country": ["GB", "DE"],
     "created_at": ["2020-01-01T00:00:17Z", "2024-02-29", "2020-12-31 23:59:59.5+14:00"],
     "id": ["1", "7", "9" * 18],
@@ -149,13 +173,15 @@ def test_every_accepted_line_passes_the_rules_unchanged(
     validate = validate_customer if dataset == "customers" else validate_account
     for may_be_empty in (frozenset(), frozenset({"created_at"})):
         clean = CleanLines(dataset, columns, may_be_empty=may_be_empty)
-        accepted = 0
-        for _ in range(20_000):
+        accepted = non_ascii = 0
+        for _ in range(25_000):
             fields = [random_field(rng, c) for c in columns]
-            line = ",".join(encode(rng, f) for f in fields).encode()
+            # surrogatepass: a lone surrogate becomes the bytes a careless encoder would write.
+            line = ",".join(encode(rng, f) for f in fields).encode("utf-8", "surrogatepass")
             if not clean.line(line):
                 continue
             accepted += 1
+            non_ascii += not line.isascii()
             parsed = next(csv.reader([line.decode()], strict=True))
             row = dict(zip(columns, parsed, strict=True))
             try:
@@ -176,3 +202,4 @@ def test_every_accepted_line_passes_the_rules_unchanged(
                 else:
                     assert stored == text, line
         assert accepted > 1000  # the fuzzing reached the fast path
+        assert non_ascii > 100 or dataset == "accounts"  # and with non-ASCII text

@@ -17,6 +17,7 @@ ENTRY_POINTS = (
     "worker.main",
     "worker.cli",
     "worker.client",
+    "worker.requests",
     "worker.status",
     "worker.demo",
     "worker.dashboard",

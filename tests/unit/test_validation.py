@@ -112,6 +112,35 @@ def test_email_at_the_length_limit_is_stored_lower_cased() -> None:
     assert validate_customer(customer(email=email), now=NOW)["email"] == email.lower()
 
 
+def test_email_length_counts_the_lower_cased_value() -> None:
+    """'İ'.lower() is two code points: 150 of them make a 162-character e-mail 312 long."""
+    email = "İ" * 150 + "@example.com"
+    assert (len(email), len(email.lower())) == (162, 312)
+    assert (
+        rejected(validate_customer, customer(email=email))
+        == "email: longer than 254 characters once lower-cased"
+    )
+
+
+def test_email_that_is_254_characters_once_lower_cased_is_accepted() -> None:
+    email = "İ" * 100 + "a" * 42 + "@example.com"
+    assert (len(email), len(email.lower())) == (154, 254)
+    stored = validate_customer(customer(email=email), now=NOW)["email"]
+    assert stored == email.lower()
+    assert len(stored) == 254
+    assert (
+        rejected(validate_customer, customer(email="İ" + email))
+        == "email: longer than 254 characters once lower-cased"
+    )
+
+
+def test_email_shape_is_checked_on_the_lower_cased_value() -> None:
+    # The Kelvin sign lower-cases to an ASCII "k": what is stored is what the rules saw.
+    assert validate_customer(customer(email="\u212aate@example.com"), now=NOW)["email"] == (
+        "kate@example.com"
+    )
+
+
 @pytest.mark.parametrize("value", [None, "", "  "])
 def test_full_name_is_required(value: Any) -> None:
     assert rejected(validate_customer, customer(full_name=value)) == "full_name: required"
@@ -125,7 +154,8 @@ def test_full_name_length() -> None:
     )
 
 
-@pytest.mark.parametrize("value", ["G", "GBR", "G1", "ÅB", "g b"])
+# "ß".upper() is "SS" and "\ufb03".upper() is "FFI": the letters are checked before upper().
+@pytest.mark.parametrize("value", ["G", "GBR", "G1", "ÅB", "g b", "ß", "\u212ak"])
 def test_country_is_two_ascii_letters(value: str) -> None:
     assert (
         rejected(validate_customer, customer(country=value)) == "country: must be 2 ASCII letters"
@@ -158,6 +188,83 @@ def test_first_broken_rule_in_column_order_is_reported() -> None:
 def test_reasons_do_not_repeat_the_value() -> None:
     reason = rejected(validate_customer, customer(email="secret person@example.com"))
     assert "secret" not in reason
+
+
+# text that cannot be stored
+
+CUSTOMER_TEXT = ["external_id", "email", "full_name", "country", "created_at"]
+ACCOUNT_TEXT = ["customer_external_id", "currency"]
+
+
+@pytest.mark.parametrize("surrogate", ["\ud800", "\udbff", "\udc00", "\udfff", "\udcff"])
+@pytest.mark.parametrize("column", CUSTOMER_TEXT)
+def test_lone_surrogate_in_a_customer_text_field_is_a_reject(column: str, surrogate: str) -> None:
+    for value in (surrogate, "c" + surrogate, surrogate + "x@example.com", " a" + surrogate):
+        assert (
+            rejected(validate_customer, customer(**{column: value}))
+            == f"{column}: not valid text (lone surrogate)"
+        )
+
+
+@pytest.mark.parametrize("column", ACCOUNT_TEXT)
+def test_lone_surrogate_in_an_account_text_field_is_a_reject(column: str) -> None:
+    assert (
+        rejected(validate_account, account(**{column: "c1\ud800"}))
+        == f"{column}: not valid text (lone surrogate)"
+    )
+
+
+@pytest.mark.parametrize("column", ["id", "balance_cents"])
+def test_lone_surrogate_in_an_integer_field_is_not_an_integer(column: str) -> None:
+    assert rejected(validate_account, account(**{column: "1\ud800"})) == (
+        f"{column}: must be an integer"
+    )
+
+
+def test_characters_outside_the_basic_plane_are_text() -> None:
+    # JSON's "\ud83d\ude00" arrives as one code point, which UTF-8 encodes: not a surrogate.
+    values = validate_customer(
+        customer(full_name="Ada \U0001f600", external_id="c-\U00010348"), now=NOW
+    )
+    assert values["full_name"] == "Ada \U0001f600"
+    assert values["external_id"] == "c-\U00010348"
+
+
+def test_the_surrogate_reason_does_not_repeat_the_value() -> None:
+    reason = rejected(validate_customer, customer(full_name="secret\ud800"))
+    assert "secret" not in reason
+    reason.encode("utf-8")  # the reason itself can be stored and logged
+
+
+# Fuzzing: whatever the rules accept can be stored: it encodes as UTF-8 and, after every
+# normalisation, fits its column's limit.
+
+PIECES = [
+    "a", "Z", ".", " ", "\u00a0", "İ", "İ" * 30, "\u0131", "ß", "ẞ", "ﬃ", "\u212a", "Σ", "ŉ",
+    "\u0345", "\U0001f600", "\ud800", "\udc80", "\udfff", "x" * 40, "\x00",
+]  # fmt: skip
+
+
+def test_accepted_text_is_storable_and_within_its_limit() -> None:
+    import random
+
+    rng = random.Random(8)
+    limits = {"external_id": 64, "email": 254, "full_name": 200}
+    accepted = dict.fromkeys(limits, 0)
+    for _ in range(20_000):
+        column = rng.choice(list(limits))  # one field at a time, so its own rule is reached
+        value = "".join(rng.choice(PIECES) for _ in range(rng.randint(1, 12)))
+        if column == "email" and rng.random() < 0.9:
+            value = value.replace(" ", "").replace("\u00a0", "") + "@example.com"
+        try:
+            stored = validate_customer(customer(**{column: value}), now=NOW)[column]
+        except RowRejected as exc:
+            str(exc).encode("utf-8")
+            continue
+        accepted[column] += 1
+        assert len(stored) <= limits[column], (column, value)
+        stored.encode("utf-8")
+    assert min(accepted.values()) > 1000, accepted
 
 
 # timestamps
@@ -296,7 +403,7 @@ def test_balance_rules(value: Any, reason: str) -> None:
     assert rejected(validate_account, account(balance_cents=value)) == reason
 
 
-@pytest.mark.parametrize("value", ["EU", "EURO", "E1R", "€UR"])
+@pytest.mark.parametrize("value", ["EU", "EURO", "E1R", "€UR", "\ufb03"])
 def test_currency_is_three_ascii_letters(value: str) -> None:
     assert (
         rejected(validate_account, account(currency=value)) == "currency: must be 3 ASCII letters"
