@@ -98,7 +98,9 @@ class _Checked:
         found = set(
             (
                 await conn.execute(
-                    select(target).where(target.in_(sorted(named))).with_for_update(read=True, key_share=True)
+                    select(target)
+                    .where(target.in_(sorted(named)))
+                    .with_for_update(read=True, key_share=True)
                 )
             ).scalars()
         )

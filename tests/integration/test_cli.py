@@ -17,6 +17,7 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from jobs.errors import PermanentError
+from tests.support.database import head_revision
 from tests.support.etl_process import (
     ETL,
     base_env,
@@ -186,6 +187,13 @@ async def test_enqueue_with_a_job_id_enqueues_once(
     assert (first.code, first.stdout, first.stderr) == (0, f"{job_id}\n", "")
     assert (again.code, again.stdout) == (0, f"{job_id}\n")
     assert again.stderr == f"a job with id {job_id} already exists: not enqueued again\n"
+    assert await _queued(redis, settings) == 1
+    other = await etl("enqueue", "ping", "--no-db", "--job-id", job_id, env=env, cwd=tmp_path)
+    assert (other.code, other.stdout) == (1, "")
+    assert other.stderr == (
+        f"etl: job id '{job_id}' is already used by ping (queued) with other arguments: "
+        '{"touch_db": true}; use a new job id\n'
+    )
     assert await _queued(redis, settings) == 1
 
 
@@ -493,7 +501,7 @@ async def test_without_urls_a_second_process_uses_the_workers_embedded_servers(
         assert migrated.code == 0, migrated.stderr
         assert migrated.stdout == (
             f"database postgresql+asyncpg://postgres@/postgres?host={state}/pg "
-            "is at revision 0001 (head)\n"
+            f"is at revision {head_revision()} (head)\n"
         )
         async with worker_process(env, tmp_path) as worker:
             done = await etl(

@@ -10,7 +10,14 @@ from sqlalchemy.engine import make_url
 from alembic import command
 
 ROOT = Path(__file__).resolve().parents[2]
-TABLES = ("transfers", "accounts", "customers", "import_rejects", "import_runs")
+TABLES = (
+    "transfers",
+    "accounts",
+    "customers",
+    "import_rejects",
+    "import_runs",
+    "export_feeds",
+)
 
 
 def asyncpg_dsn(sqlalchemy_url: str) -> str:
@@ -25,3 +32,12 @@ def migrate(url: str, revision: str, *, down: bool = False) -> None:
         command.downgrade(config, revision)
     else:
         command.upgrade(config, revision)
+
+
+def head_revision() -> str:
+    """The newest migration's revision id."""
+    from alembic.script import ScriptDirectory
+
+    head = ScriptDirectory.from_config(Config(str(ROOT / "alembic.ini"))).get_current_head()
+    assert head is not None
+    return head
