@@ -56,8 +56,19 @@ def test_import_refusals_name_the_argument() -> None:
 def test_export_arguments() -> None:
     assert payload_of("export", "--dataset", "transfers") == (
         "export_dataset",
-        {"dataset": "transfers", "format": "csv", "compress": False, "since": None},
+        {
+            "dataset": "transfers",
+            "format": "csv",
+            "compress": False,
+            "since": None,
+            "incremental": None,
+        },
     )
+    _, fed = payload_of("export", "--dataset", "accounts", "--incremental", "daily-accounts")
+    assert fed["incremental"] == "daily-accounts"
+    assert refusal(
+        "export", "--dataset", "accounts", "--incremental", "x", "--since", "2024-05-01T00:00Z"
+    ).startswith("--incremental: ")
     _, payload = payload_of(
         "export", "--dataset", "customers", "--format", "jsonl", "--gzip",
         "--since", "2024-05-01T12:00:00+00:00",
@@ -233,3 +244,13 @@ def test_demo_sample_data_is_fixed() -> None:
     assert len({t.id for t in items}) == 38
     accounts = demo.accounts_csv().splitlines()
     assert len(accounts) == 1 + demo.CUSTOMERS + 1
+
+
+def test_export_help_says_since_is_strictly_later(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["enqueue", "export", "--help"])
+    shown = " ".join(capsys.readouterr().out.split())
+    assert "--since ISO only rows whose updated_at (transfers: created_at) is strictly" in shown
+    assert "strictly later than this time" in shown
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    assert "strictly later" in readme

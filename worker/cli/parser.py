@@ -130,7 +130,17 @@ def _configure_export(jobs: Subparsers, common: argparse.ArgumentParser) -> None
     exp.add_argument("--dataset", required=True, help="customers, accounts or transfers")
     exp.add_argument("--format", default="csv", help="csv (default) or jsonl")
     exp.add_argument("--gzip", action="store_true", help="write a .gz file")
-    exp.add_argument("--since", metavar="ISO", help="only rows changed at or after this time")
+    exp.add_argument(
+        "--since",
+        metavar="ISO",
+        help="only rows whose updated_at (transfers: created_at) is strictly later than this time",
+    )
+    exp.add_argument(
+        "--incremental",
+        metavar="NAME",
+        help="the next export of the named feed: every row written since its previous export "
+        "(the first is complete); not with --since",
+    )
 
 
 def _configure_transfer(jobs: Subparsers, common: argparse.ArgumentParser) -> None:

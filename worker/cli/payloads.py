@@ -40,6 +40,7 @@ FLAGS: dict[str, str] = {
     "format": "--format",
     "compress": "--gzip",
     "since": "--since",
+    "incremental": "--incremental",
     "rows": "--file",
     "transfers": "--file",
     "id": "--id",
@@ -121,10 +122,14 @@ def upsert_payload(*, dataset: str, file: str) -> UpsertRowsPayload:
     return validated(UpsertRowsPayload, {"dataset": dataset, "rows": rows})
 
 
-def export_payload(*, dataset: str, format: str, gzip: bool, since: str | None) -> ExportPayload:
+def export_payload(
+    *, dataset: str, format: str, gzip: bool, since: str | None, incremental: str | None = None
+) -> ExportPayload:
     data: dict[str, Any] = {"dataset": dataset, "format": format, "compress": gzip}
     if since is not None:
         data["since"] = since
+    if incremental is not None:
+        data["incremental"] = incremental
     return validated(ExportPayload, data)
 
 
@@ -183,7 +188,11 @@ def payload_from_args(args: argparse.Namespace) -> tuple[AnySpec, BaseModel]:
         return BY_NAME["upsert_rows"], upsert_payload(dataset=args.dataset, file=args.file)
     if args.job == "export":
         return BY_NAME["export_dataset"], export_payload(
-            dataset=args.dataset, format=args.format, gzip=args.gzip, since=args.since
+            dataset=args.dataset,
+            format=args.format,
+            gzip=args.gzip,
+            since=args.since,
+            incremental=args.incremental,
         )
     if args.job == "transfer":
         return BY_NAME["transfer_funds"], transfer_payload(
