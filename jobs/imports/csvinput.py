@@ -1,4 +1,4 @@
-"""Reading an import file: opening it, gzip, the header row, and lines again by number."""
+"""Reading an import file: opening it (regular files only), gzip, its digest, the header row."""
 
 from __future__ import annotations
 
@@ -9,7 +9,6 @@ import io
 import os
 import stat
 import zlib
-from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
@@ -40,25 +39,67 @@ class _Hashing:
         raise io.UnsupportedOperation("an import file is read front to back")
 
 
+def _kind(mode: int) -> str:
+    for test, kind in (
+        (stat.S_ISDIR, "a directory"),
+        (stat.S_ISFIFO, "a FIFO"),
+        (stat.S_ISCHR, "a character device"),
+        (stat.S_ISBLK, "a block device"),
+        (stat.S_ISSOCK, "a socket"),
+    ):
+        if test(mode):
+            return kind
+    return "of an unknown kind"
+
+
+def _not_regular(name: str, mode: int) -> InputFileError:
+    return InputFileError(f"{name}: not a regular file ({_kind(mode)})")
+
+
+def open_regular(path: Path, *, name: str) -> io.BufferedReader:
+    """`path` opened for reading if it is a regular file; InputFileError if not, or if it cannot
+    be opened. Blocking: call it in a thread. It never waits for a FIFO's writer: open() of a FIFO
+    blocks until one appears, so the type is checked before opening, and the open is non-blocking
+    in case the name was swapped for a FIFO in between."""
+    try:
+        mode = os.stat(path).st_mode
+        if not stat.S_ISREG(mode):
+            raise _not_regular(name, mode)
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    except FileNotFoundError:
+        raise InputFileError(f"{name}: no such file in the import directory") from None
+    except PermissionError:
+        raise InputFileError(f"{name}: cannot be read (permission denied)") from None
+    except OSError as exc:
+        raise InputFileError(f"{name}: cannot be opened ({exc.strerror})") from None
+    mode = os.fstat(fd).st_mode
+    if not stat.S_ISREG(mode):
+        os.close(fd)
+        raise _not_regular(name, mode)
+    os.set_blocking(fd, True)
+    return open(fd, "rb")
+
+
+def file_sha256(path: Path, *, name: str) -> str:
+    """The SHA-256 of the file on disk, read in blocks. Blocking: call it in a thread."""
+    with open_regular(path, name=name) as file:
+        try:
+            return hashlib.file_digest(file, "sha256").hexdigest()
+        except OSError as exc:
+            raise InputFileError(f"{name}: read failed ({exc.strerror or exc})") from None
+
+
 class InputReader:
-    """An import file's bytes, decompressed if it is gzip, and the SHA-256 of the file on disk."""
+    """An import file's bytes, decompressed if it is gzip, and the SHA-256 of the file on disk.
+
+    Opening and reading block (the file's type is checked first: see open_regular): do both in a
+    thread.
+    """
 
     def __init__(self, path: Path, *, name: str) -> None:
         self.name = name
-        try:
-            raw = path.open("rb")
-        except FileNotFoundError:
-            raise InputFileError(f"{name}: no such file in the import directory") from None
-        except IsADirectoryError:
-            raise InputFileError(f"{name}: is a directory, not a file") from None
-        except PermissionError:
-            raise InputFileError(f"{name}: cannot be read (permission denied)") from None
-        except OSError as exc:
-            raise InputFileError(f"{name}: cannot be opened ({exc.strerror})") from None
+        raw = open_regular(path, name=name)
         self._raw = raw
-        if not stat.S_ISREG(os.fstat(raw.fileno()).st_mode):
-            raw.close()
-            raise InputFileError(f"{name}: is not a regular file")
         self._hashing = _Hashing(raw)
         # Sniffed rather than trusted to the name: a gzip file called .csv still loads.
         gzipped = raw.read(2) == _GZIP_MAGIC
@@ -169,40 +210,3 @@ def check_columns(names: list[str], dataset: Dataset, *, name: str) -> tuple[str
             f"{dataset.name} files need {', '.join(required)}"
         )
     return tuple(names)
-
-
-def fetch_lines(path: Path, *, name: str, wanted: Mapping[int, int]) -> dict[int, bytes]:
-    """The raw bytes of the records starting at the `wanted` lines (line -> how many lines).
-
-    Line terminators are left out, and so is the \\r of a \\r\\n ending; a record spanning lines
-    keeps the \\n between them.
-    """
-    found: dict[int, bytes] = {}
-    if not wanted:
-        return found
-    last = max(line + count - 1 for line, count in wanted.items())
-    open_records: dict[int, list[bytes]] = {}
-    line_no = 0
-    pending = b""
-    with InputReader(path, name=name) as reader:
-        while line_no < last:
-            chunk = reader.read()
-            if chunk:
-                pending += chunk
-                *lines, pending = pending.split(b"\n")
-            else:
-                lines, pending = ([pending] if pending else []), b""
-            for line in lines:
-                line_no += 1
-                if line_no in wanted:
-                    open_records[line_no] = []
-                for start, parts in list(open_records.items()):
-                    parts.append(line)
-                    if len(parts) == wanted[start]:
-                        found[start] = b"\n".join(parts).removesuffix(b"\r")
-                        del open_records[start]
-            if not chunk:
-                break
-    for start, parts in open_records.items():  # cut short by the end of the file
-        found[start] = b"\n".join(parts).removesuffix(b"\r")
-    return found

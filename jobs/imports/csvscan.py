@@ -38,12 +38,24 @@ class Reject:
     """The record as it was in the file, without its line terminator."""
 
 
+@dataclass(frozen=True, slots=True)
+class RawRecords:
+    """The raw bytes of forwarded records `first`, `first + 1`, ...: `count` lines, each ending
+    in \\n (or \\r\\n), one record each; or (`count` 1) one record that may span lines, then \\n."""
+
+    first: int
+    data: bytes
+    count: int
+
+
 @dataclass(slots=True)
 class Scanned:
     """What one block gave: CSV for COPY (\\n line ends) and the rows it rejected."""
 
     data: bytes = b""
     rejects: list[Reject] = field(default_factory=list)
+    raw: list[RawRecords] = field(default_factory=list)
+    """With `keep_raw`: the records forwarded, as they were in the file."""
 
 
 def csv_field(value: Any) -> str:
@@ -79,7 +91,8 @@ class Scanner:
     """One file's records after the header: counts them, rejects some, writes CSV for COPY.
 
     Records forwarded to COPY are numbered 1, 2, ... (`rec`, the staging table's identity);
-    `line_of(rec)` maps one back to its line in the file for rejects found later by SQL.
+    `line_of(rec)` maps one back to its line in the file for rejects found later by SQL, and with
+    `keep_raw` each Scanned carries the forwarded records' raw bytes (RawRecords) for them.
     """
 
     def __init__(
@@ -90,6 +103,7 @@ class Scanner:
         clean: CleanLines | None,
         name: str = "file",
         first_line: int = 2,
+        keep_raw: bool = False,
     ) -> None:
         self.columns = tuple(columns)
         self.name = name
@@ -108,6 +122,11 @@ class Scanner:
         self._parts: list[bytes] = []
         self._held = 0
         self._retry_at = 0
+        self._keep_raw = keep_raw
+        self._kept: list[RawRecords] = []
+        self._run: list[bytes] = []
+        """Raw one-line records forwarded one by one, not yet in _kept."""
+        self._run_first = 0
 
     # feeding
 
@@ -168,12 +187,38 @@ class Scanner:
             # The next record starts `span` lines on: its offset differs, so it anchors anew.
         self.forwarded += count
 
+    # keeping the raw bytes of forwarded records (before _forwarded() counts them)
+
+    def _keep_line(self, raw: bytes) -> None:
+        if not self._run:
+            self._run_first = self.forwarded + 1
+        self._run.append(raw)
+
+    def _keep(self, data: bytes, count: int) -> None:
+        self._flush_run()
+        self._kept.append(RawRecords(self.forwarded + 1, data, count))
+
+    def _flush_run(self) -> None:
+        if self._run:
+            data = b"\n".join(self._run) + b"\n"
+            self._kept.append(RawRecords(self._run_first, data, len(self._run)))
+            self._run = []
+
     # processing
 
     def _process(self, block: bytes, *, final: bool) -> _Processed:
+        processed = self._scan(block, final=final)
+        if self._keep_raw:
+            self._flush_run()
+            processed.scanned.raw, self._kept = self._kept, []
+        return processed
+
+    def _scan(self, block: bytes, *, final: bool) -> _Processed:
         clean = self._clean
         if clean is not None and block.endswith(b"\n") and clean.whole_block(block):
             count = block.count(b"\n")
+            if self._keep_raw:
+                self._keep(block, count)
             self._forwarded(count, line=self.line)
             self.rows += count
             self.line += count
@@ -194,6 +239,8 @@ class Scanner:
                 continue
             if clean is not None and clean.line(line):
                 pieces.append(line.removesuffix(b"\r") + b"\n")
+                if self._keep_raw:
+                    self._keep_line(line.removesuffix(b"\r"))
                 self._forwarded(1, line=self.line)
                 self.rows += 1
                 self.line += 1
@@ -259,6 +306,10 @@ class Scanner:
             rejects.append(Reject(line=line, reason=reason, raw=raw))
             return used
         out.append(csv_line([values[c] for c in self.columns]))
+        if self._keep_raw and used == 1:
+            self._keep_line(raw)
+        elif self._keep_raw:
+            self._keep(raw + b"\n", 1)
         self._forwarded(1, line=line, span=used)
         return used
 

@@ -16,7 +16,13 @@ Two ways in, both fed by jobs.imports.csvscan (clean lines untouched, the rest v
   the same file imported twice leaves the same table and counts every row as skipped.
 
 The import id is derived from arq's job id: a retry of the same job (after a crash, say) replaces
-its own rejects, and a retry of an import that did commit returns the recorded result.
+its own rejects, and a retry of an import that did commit returns the recorded result, if it asks
+for the same import (record.py); the same job id for another import is an IdempotencyConflict.
+
+Everything an import records (rows, rejects with their raw lines, the file's SHA-256) comes from
+one read of the file: rejects SQL finds after COPY take their lines from the record spill the scan
+wrote (spill.py), not from the file read again. No file is opened or read on the event loop: a
+FIFO in the import directory would stop the whole worker (csvinput.open_regular).
 """
 
 from __future__ import annotations
@@ -38,14 +44,15 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from sqlalchemy.schema import CreateTable
 
 from jobs.db import driver_connection
-from jobs.errors import InputFileError, TooManyRejects, TransientError, sqlstate_of
+from jobs.errors import TooManyRejects, TransientError, sqlstate_of
 from jobs.imports import cleanlines
-from jobs.imports.csvinput import InputReader, fetch_lines, read_header
-from jobs.imports.csvscan import Reject, RowCheck, Scanned, Scanner
+from jobs.imports.copying import copy_input, input_header
+from jobs.imports.csvinput import file_sha256
+from jobs.imports.csvscan import RowCheck, Scanner
 from jobs.imports.merge import upsert_staged
-from jobs.imports.readahead import ReadAhead
-from jobs.imports.record import Outcome, record, recorded_result, too_many
+from jobs.imports.record import Outcome, record, recorded, too_many
 from jobs.imports.rejects import RejectLog
+from jobs.imports.spill import RecordSpill
 from jobs.imports.staging import (
     DEFAULT_NOW,
     STAGE_NAME,
@@ -57,14 +64,11 @@ from jobs.imports.staging import (
 from jobs.models import ImportFilePayload, ImportResult
 from jobs.paths import resolve_inside
 from jobs.registry import Dataset, get_dataset
+from jobs.schema import import_rejects
 from jobs.spec import JobRun, etl_job
-from jobs.tables import import_rejects
 
 log = structlog.get_logger("jobs.imports")
 
-# One COPY per batch: a COPY that fails (a conflict in insert mode) is noticed when its batch
-# ends, since asyncpg reads the whole source before it reports the server's error.
-BATCH_BYTES = 16 << 20
 WORK_MEM = "64MB"
 FAST_PATH = True
 """Clean lines skip Python's checks; tests switch it off to check that both ways agree."""
@@ -81,11 +85,10 @@ async def import_file(run: JobRun, payload: ImportFilePayload) -> ImportResult:
     """Load a CSV (or gzipped CSV) file from ETL_IMPORT_DIR: every valid row, or none."""
     dataset = get_dataset(payload.dataset, writable=True)
     import_dir = run.config.import_dir
-    path = resolve_inside(import_dir, payload.path)
-    name = str(path.relative_to(import_dir.resolve()))
+    path = await asyncio.to_thread(resolve_inside, import_dir, payload.path)
+    name = str(path.relative_to(await asyncio.to_thread(import_dir.resolve)))
     # A missing file or a bad header fails now, before a transaction is opened.
-    with InputReader(path, name=name) as reader:
-        columns = read_header(reader, dataset).columns
+    header = await asyncio.to_thread(input_header, path, name=name, dataset=dataset)
     job = _Import(
         run=run,
         dataset=dataset,
@@ -93,7 +96,7 @@ async def import_file(run: JobRun, payload: ImportFilePayload) -> ImportResult:
         max_reject_ratio=payload.max_reject_ratio,
         path=path,
         name=name,
-        columns=columns,
+        columns=header.columns,
         import_id=import_id_for(run.job_id),
     )
     return await job.execute()
@@ -116,10 +119,10 @@ class _Import:
         try:
             async with self.run.sessionmaker() as session, session.begin():
                 conn = await session.connection()
-                recorded = await recorded_result(conn, self.import_id)
-                if recorded is not None:
+                done = await self._recorded(conn)
+                if done is not None:
                     bound.info("import.already_recorded")
-                    return recorded
+                    return done
                 driver = await driver_connection(conn)
                 # Timestamps without an offset are UTC, as the row rules say.
                 await conn.execute(text("SET LOCAL TimeZone = 'UTC'"))
@@ -158,6 +161,23 @@ class _Import:
         if error is not None:
             raise error
         return outcome.result()
+
+    async def _recorded(self, conn: AsyncConnection) -> ImportResult | None:
+        """The result of this import if it already committed; IdempotencyConflict if this job id
+        was used for another import. The file is hashed only when there is a run row to compare."""
+        found = await recorded(conn, self.import_id)
+        if found is None:
+            return None
+        sha256 = await asyncio.to_thread(file_sha256, self.path, name=self.name)
+        if not found.same(dataset=self.dataset.name, mode=self.mode, sha256=sha256):
+            raise found.conflict(
+                job_id=self.run.job_id,
+                file=self.name,
+                dataset=self.dataset.name,
+                mode=self.mode,
+                sha256=sha256,
+            )
+        return found.result
 
     # the two ways in
 
@@ -210,14 +230,20 @@ class _Import:
     ) -> Outcome:
         stage = staging_table(self.dataset, self.columns)
         await conn.execute(CreateTable(stage))
-        scanner = self._scanner(now=now, fill_defaults=False)
-        with _closed_on_error(self._reject_log()) as rejects:
-            sha256 = await self._copy(driver, table=STAGE_NAME, scanner=scanner, rejects=rejects)
+        refs = references(self.dataset, self.columns)
+        scanner = self._scanner(now=now, fill_defaults=False, keep_raw=bool(refs))
+        spill = RecordSpill() if refs else None
+        with _closed_on_error(self._reject_log()) as rejects, spill or contextlib.nullcontext():
+            sha256 = await self._copy(
+                driver, table=STAGE_NAME, scanner=scanner, rejects=rejects, spill=spill
+            )
             valid = scanner.forwarded
-            for ref in references(self.dataset, self.columns):
+            for ref in refs:
                 recs = list((await conn.execute(drop_unknown_references(stage, ref))).scalars())
                 valid -= len(recs)
-                rejects.add(await self._fetch_rejects(scanner, recs, reason=ref.reason))
+                assert spill is not None
+                refused = spill.rejects(recs, line_of=scanner.line_of, reason=ref.reason)
+                await asyncio.to_thread(rejects.add, refused)
             outcome = Outcome(
                 import_id=self.import_id,
                 dataset=self.dataset.name,
@@ -245,7 +271,7 @@ class _Import:
 
     # reading the file into COPY
 
-    def _scanner(self, *, now: datetime, fill_defaults: bool) -> Scanner:
+    def _scanner(self, *, now: datetime, fill_defaults: bool, keep_raw: bool = False) -> Scanner:
         """`fill_defaults`: an empty created_at becomes `now` (COPY into the table itself) rather
         than NULL (staged: the upsert then keeps a stored row's created_at)."""
         clean = None
@@ -253,7 +279,11 @@ class _Import:
             nullable = frozenset() if fill_defaults else DEFAULT_NOW & set(self.columns)
             clean = cleanlines.CleanLines(self.dataset.name, self.columns, may_be_empty=nullable)
         return Scanner(
-            columns=self.columns, check=self._check(now, fill_defaults), clean=clean, name=self.name
+            columns=self.columns,
+            check=self._check(now, fill_defaults),
+            clean=clean,
+            name=self.name,
+            keep_raw=keep_raw,
         )
 
     def _check(self, now: datetime, fill_defaults: bool) -> RowCheck:
@@ -270,62 +300,31 @@ class _Import:
         return check
 
     async def _copy(
-        self, driver: asyncpg.Connection, *, table: str, scanner: Scanner, rejects: RejectLog
+        self,
+        driver: asyncpg.Connection,
+        *,
+        table: str,
+        scanner: Scanner,
+        rejects: RejectLog,
+        spill: RecordSpill | None = None,
     ) -> str:
-        """Stream the file through `scanner` into COPY `table`; the file's SHA-256.
+        """Stream the file through `scanner` into COPY `table`; the SHA-256 of what was read."""
 
-        The file is read and scanned one block ahead in a thread (readahead.py).
-        """
-        with InputReader(self.path, name=self.name) as reader:
-            header = read_header(reader, self.dataset)
-            if header.columns != self.columns:
-                raise InputFileError(f"{self.name}: the file changed while it was being imported")
-            first = [header.rest]
+        async def progress() -> None:
+            await self.run.progress(rows=scanner.rows, rejected=rejects.count)
 
-            def produce() -> tuple[Scanned, bool]:
-                data = (first.pop() if first else b"") or reader.read()
-                return (scanner.feed(data), False) if data else (scanner.finish(), True)
-
-            ahead = ReadAhead(produce)
-            failure: Exception | None = None
-
-            async def batch() -> AsyncIterator[bytes]:
-                nonlocal failure
-                sent = 0
-                while not ahead.done and sent < BATCH_BYTES:
-                    try:
-                        scanned = await ahead.next()
-                    except Exception as exc:
-                        # Raised after COPY ends instead: an exception from the source makes
-                        # asyncpg send a cancel request, which can hit the session's next query.
-                        failure = exc
-                        return
-                    rejects.add(scanned.rejects)
-                    await self.run.progress(rows=scanner.rows, rejected=rejects.count)
-                    if scanned.data:
-                        sent += len(scanned.data)
-                        yield scanned.data
-
-            try:
-                while not ahead.done:
-                    await driver.copy_to_table(
-                        table, source=batch(), columns=list(self.columns), format="csv"
-                    )
-            finally:
-                await ahead.close()  # the thread must be done with the file before it closes
-            if failure is not None:
-                raise failure
-            return reader.sha256
-
-    async def _fetch_rejects(
-        self, scanner: Scanner, recs: list[int], *, reason: str
-    ) -> list[Reject]:
-        """Rejects for staged records SQL refused: their lines, read again from the file."""
-        if not recs:
-            return []
-        spans = dict(scanner.line_of(rec) for rec in recs)
-        raw = await asyncio.to_thread(fetch_lines, self.path, name=self.name, wanted=spans)
-        return [Reject(line=line, reason=reason, raw=raw.get(line, b"")) for line in sorted(spans)]
+        return await copy_input(
+            driver,
+            path=self.path,
+            name=self.name,
+            dataset=self.dataset,
+            columns=self.columns,
+            table=table,
+            scanner=scanner,
+            rejects=rejects,
+            spill=spill,
+            progress=progress,
+        )
 
     # outcome
 

@@ -213,12 +213,15 @@ async def test_ten_megabyte_field(
     write(settings, "c.csv", CUSTOMER_HEADER, customer_line(1), bad, customer_line(3))
     result = await run_import(ctx, path="c.csv", max_reject_ratio=0.5)
     assert (result["rows_read"], result["inserted"], result["rejected"]) == (3, 2, 1)
-    [(line, reason, raw)] = await rejects(engine)
-    assert (line, reason) == (3, "not valid CSV: a field is longer than 131072 characters")
-    # The quarantine keeps the start of the line and says how long it was.
-    assert raw.startswith("c2,b@example.com,xxxx")
-    assert raw.endswith(f"... [cut: {len(bad)} bytes in all]")
-    assert len(raw) < 70_000
+    # The quarantine keeps the start of the line; the reason says how long it was.
+    assert await rejects(engine) == [
+        (
+            3,
+            "not valid CSV: a field is longer than 131072 characters "
+            f"(line of {len(bad)} bytes, first 4096 kept)",
+            bad[:4096].decode(),
+        )
+    ]
 
 
 async def test_crlf_line_endings(
@@ -312,7 +315,9 @@ async def test_directory_instead_of_a_file(
     ctx: dict[str, Any], settings: Settings, engine: AsyncEngine
 ) -> None:
     (settings.import_dir / "folder.csv").mkdir()
-    await fails(ctx, InputFileError, "folder.csv: is a directory, not a file", path="folder.csv")
+    await fails(
+        ctx, InputFileError, "folder.csv: not a regular file (a directory)", path="folder.csv"
+    )
     await nothing_loaded(engine)
 
 

@@ -15,7 +15,7 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from jobs.errors import TooManyRejects
-from jobs.imports import csvinput, merge
+from jobs.imports import copying, csvinput, merge
 from jobs.imports import job as imports
 from jobs.imports.job import import_file, import_id_for
 from jobs.models import ImportFilePayload
@@ -323,7 +323,7 @@ async def test_nothing_is_visible_from_another_session_until_the_import_commits(
     app: AppContext, settings: Settings, engine: AsyncEngine, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # Small reads and batches: many COPYs, and a look from outside after each block.
-    monkeypatch.setattr(imports, "BATCH_BYTES", 4096)
+    monkeypatch.setattr(copying, "BATCH_BYTES", 4096)
     monkeypatch.setattr(csvinput, "READ_BYTES", 4096)
     write(settings, "c.csv", CUSTOMER_HEADER, *(customer_line(i) for i in range(2000)))
     seen: list[int] = []
@@ -348,7 +348,7 @@ async def test_a_file_failing_late_leaves_nothing(
     monkeypatch: pytest.MonkeyPatch,
     mode: str,
 ) -> None:
-    monkeypatch.setattr(imports, "BATCH_BYTES", 4096)
+    monkeypatch.setattr(copying, "BATCH_BYTES", 4096)
     path = write(settings, "c.csv.gz", CUSTOMER_HEADER, *(customer_line(i) for i in range(5000)))
     path.write_bytes(path.read_bytes()[:-12])  # the end of the gzip stream is missing
     with pytest.raises(Exception, match="the gzip data ends early"):

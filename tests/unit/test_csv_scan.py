@@ -18,9 +18,16 @@ NOW = datetime(2026, 11, 21, tzinfo=UTC)
 COLUMNS = ("external_id", "email", "full_name", "country", "created_at")
 
 
-def scanner(*, fast: bool = True, columns: tuple[str, ...] = COLUMNS) -> Scanner:
+def scanner(
+    *, fast: bool = True, columns: tuple[str, ...] = COLUMNS, keep_raw: bool = False
+) -> Scanner:
     clean = CleanLines("customers", columns, may_be_empty=frozenset()) if fast else None
-    return Scanner(columns=columns, check=lambda row: validate_customer(row, now=NOW), clean=clean)
+    return Scanner(
+        columns=columns,
+        check=lambda row: validate_customer(row, now=NOW),
+        clean=clean,
+        keep_raw=keep_raw,
+    )
 
 
 def scan(
@@ -240,3 +247,24 @@ def test_csv_line_round_trips() -> None:
     assert copy_rows(line) == [
         ['a "quoted", text', "", "7", "2020-01-01T00:00:00+00:00", "", "two\nlines"]
     ]
+
+
+def test_kept_raw_records_are_the_forwarded_records_as_written() -> None:
+    """With keep_raw, each block says which records it forwarded and their bytes: runs of
+    one-line records, a record spanning lines on its own, whole clean blocks as they are."""
+    rules_only = b"  c4 , Ada@Example.com ,Ada,gb,2020-01-01"
+    two_lines = b'c5,e@example.com,"two\nlines",GB,2020-01-01'
+    data = b"\n".join(
+        [GOOD[0], b"c9,bad,Bad,GB,2020-01-01", two_lines, rules_only, GOOD[2] + b"\r", b""]
+    )
+    s = scanner(keep_raw=True)
+    kept = s.feed(data).raw + s.finish().raw
+    assert kept == [
+        csvscan.RawRecords(1, GOOD[0] + b"\n", 1),
+        csvscan.RawRecords(2, two_lines + b"\n", 1),
+        csvscan.RawRecords(3, rules_only + b"\n" + GOOD[2] + b"\n", 2),
+    ]
+    clean = b"\r\n".join(GOOD) + b"\r\n"
+    s = scanner(keep_raw=True)
+    assert s.feed(clean).raw == [csvscan.RawRecords(1, clean, 3)]
+    assert scanner().feed(clean).raw == []  # not kept unless asked
