@@ -8,7 +8,7 @@
 apps enqueue also have a method of their name (`etl.ping()`). Jobs are written in arq's JSON job
 format (see worker/serialization.py), so the worker runs them exactly as if arq's `enqueue_job`
 had written them; one Lua script writes a whole batch in one round trip, skipping any job whose
-id already exists, as arq does.
+id already exists, as arq does. Reads of PostgreSQL (`etl.rejects(import_id)`) are in reads.py.
 """
 
 from __future__ import annotations
@@ -35,10 +35,12 @@ from jobs.spec import JobSpec
 from jobs.transfers.job import transfer_funds as transfer_funds_spec
 from jobs.upserts import upsert_rows as upsert_rows_spec
 from worker import embedded
-from worker.errors import CannotRetry, JobFailed, JobNotFound
+from worker.errors import CannotRetry, JobCancelled, JobFailed, JobNotFound
+from worker.failover import WritePolicy, acknowledged_eval
 from worker.keys import RETRIED_KEY_PREFIX, job_key_prefix, result_key_prefix
+from worker.reads import DatabaseReads
 from worker.redis import connect
-from worker.requests import compact, job_bytes, retryable, validate
+from worker.requests import cancel_job, compact, job_bytes, retryable, validate
 from worker.scripts import ENQUEUE_SCRIPT, RETRY_SCRIPT
 from worker.settings import Settings, check_redis_url, get_settings
 from worker.status import JobState, read_state
@@ -118,9 +120,10 @@ class JobHandle(Generic[ResultT]):
             state = await self.status()
             if state.state == "complete":
                 return self._parse(state)
-            if state.state == "failed":
+            if state.state in ("failed", "cancelled"):
                 assert state.error is not None
-                raise JobFailed(self.job_id, state.error, tries=state.tries)
+                failure = JobCancelled if state.state == "cancelled" else JobFailed
+                raise failure(self.job_id, state.error, tries=state.tries)
             if state.state == "not_found":
                 raise JobNotFound(
                     f"job {self.job_id} not found: never enqueued on this queue, "
@@ -129,6 +132,10 @@ class JobHandle(Generic[ResultT]):
             if deadline is not None and time.monotonic() >= deadline:
                 raise TimeoutError(f"job {self.job_id} still {state.state} after {timeout:g} s")
             await asyncio.sleep(poll_delay)
+
+    async def cancel(self, *, wait: float = 30.0) -> JobState:
+        """`EtlClient.cancel` for this job."""
+        return await self._client.cancel(self.job_id, wait=wait)
 
     def _parse(self, state: JobState) -> ResultT:
         model: type[BaseModel] | None = self._result_model
@@ -163,7 +170,7 @@ class JobMethod(Generic[PayloadT, ResultT]):
         return await self._client.enqueue(self.spec, payload, _job_id=_job_id)
 
 
-class EtlClient:
+class EtlClient(DatabaseReads):
     """Enqueue jobs and read their outcome. Create once per app; close on shutdown.
 
     With no REDIS_URL set, the client finds (or starts) the embedded Redis under ETL_STATE_DIR,
@@ -190,6 +197,7 @@ class EtlClient:
         self.queue_name = self.settings.queue_name
         self._redis: ArqRedis | None = None
         self._owns_redis = True
+        self._write_policy = WritePolicy.from_settings(self.settings)
 
     @classmethod
     def from_redis(cls, redis: ArqRedis, settings: Settings) -> EtlClient:
@@ -211,6 +219,7 @@ class EtlClient:
         if self._redis is not None and self._owns_redis:
             await self._redis.aclose()
         self._redis = None
+        await self.close_database()
 
     async def __aenter__(self) -> EtlClient:
         return await self.open()
@@ -299,7 +308,16 @@ class EtlClient:
                 keys += [job_key_prefix + job_id, result_key_prefix + job_id]
                 kwargs = model.model_dump(mode="json")
                 argv += [job_id, job_bytes(function, kwargs, enqueue_time_ms=now)]
-            flags = await self.redis.eval(ENQUEUE_SCRIPT, len(keys), *keys, *argv)  # type: ignore[misc]
+            # Retried through a failover, and confirmed by replicas, as the settings ask; if it
+            # still fails, the error names this chunk's ids and those of the chunks not sent.
+            flags = await acknowledged_eval(
+                self.redis,
+                ENQUEUE_SCRIPT,
+                keys,
+                argv,
+                policy=self._write_policy,
+                job_ids=[job_id for _, _, job_id in jobs[start:]],
+            )
             out += [(job_id, bool(flag)) for (_, _, job_id), flag in zip(chunk, flags, strict=True)]
         return out
 
@@ -328,6 +346,10 @@ class EtlClient:
 
     async def status(self, job_id: str) -> JobState:
         return await read_state(self.redis, job_id, queue_name=self.queue_name)
+
+    async def cancel(self, job_id: str, *, wait: float = 30.0) -> JobState:
+        """Cancel a job: see `worker.requests.cancel_job`. JobNotFound, CannotCancel."""
+        return await cancel_job(self.redis, job_id, settings=self.settings, wait=wait)
 
     async def retry(self, job_id: str) -> JobHandle[Any]:
         """Enqueue a failed job again, with its original arguments, under a new id."""

@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from jobs.spec import JobConfig
 from worker.settings import Settings
+
+if TYPE_CHECKING:
+    from worker.metrics import Metrics
+    from worker.workers import WorkerPresence
 
 CTX_KEY = "etl"
 
@@ -20,6 +24,10 @@ class AppContext:
     settings: Settings
     engine: AsyncEngine
     sessionmaker: async_sessionmaker[AsyncSession]
+    metrics: Metrics | None = None
+    """Prometheus metrics, when ETL_METRICS_PORT is set; the runner reports each job to them."""
+    presence: WorkerPresence | None = None
+    """The worker's record in the worker registry (worker/workers.py)."""
 
     @property
     def job_config(self) -> JobConfig:

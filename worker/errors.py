@@ -8,6 +8,9 @@ from __future__ import annotations
 
 from jobs.errors import ConfigError, EtlError
 
+CANCELLED_KIND = "CancelledError"
+"""The error kind of a cancelled job's result: asyncio's CancelledError, as arq records it."""
+
 
 class JobError(Exception):
     """A job's failure as read back from Redis."""
@@ -16,6 +19,11 @@ class JobError(Exception):
         self.kind = kind
         self.message = message
         super().__init__(f"{kind}: {message}" if message else kind)
+
+    @property
+    def is_cancellation(self) -> bool:
+        """arq records a job aborted while it ran (`etl cancel`) as failed with CancelledError."""
+        return self.kind == CANCELLED_KIND
 
 
 class JobFailed(JobError):
@@ -27,12 +35,20 @@ class JobFailed(JobError):
         self.tries = tries
 
 
+class JobCancelled(JobFailed):
+    """The job was cancelled (`etl cancel`, `EtlClient.cancel`) before it finished."""
+
+
 class JobNotFound(EtlError):
     """No such job: it never existed here, or its result has expired."""
 
 
 class CannotRetry(EtlError):
     """This job cannot be retried."""
+
+
+class CannotCancel(EtlError):
+    """This job cannot be cancelled: it has finished."""
 
 
 class UnreadableRecord(EtlError):
@@ -53,3 +69,12 @@ class BadArgument(EtlError):
 
 class InvalidJob(EtlError):
     """The job's record in Redis is not a valid job (wrong or missing fields); it is not run."""
+
+
+class NotAcknowledged(EtlError):
+    """Redis did not acknowledge the enqueue in time: the jobs may or may not be queued."""
+
+    def __init__(self, message: str, *, job_ids: list[str]) -> None:
+        super().__init__(message)
+        self.job_ids = job_ids
+        """Enqueue these ids again (same payloads): an id already queued is not queued twice."""

@@ -77,7 +77,25 @@ class _InvalidJobLine(logging.Filter):
         return True
 
 
+class _FailedJobLine(logging.Filter):
+    """arq logs every failed job at error with a traceback. A failure the job's input explains
+    (jobs.errors.is_expected) is a warning with no traceback, as the runner's `job.finished` is;
+    an UnexpectedError's traceback is already in the runner's `job.crashed` line."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        from jobs.errors import UnexpectedError, is_expected
+
+        error = record.exc_info[1] if record.exc_info else None
+        if is_expected(error):
+            record.levelno, record.levelname = logging.WARNING, "WARNING"
+            record.exc_info = None
+        elif isinstance(error, UnexpectedError):
+            record.exc_info = None
+        return True
+
+
 _INVALID_JOB_LINE = _InvalidJobLine()
+_FAILED_JOB_LINE = _FailedJobLine()
 
 
 def reclaim_arq_logger(level: str = "INFO") -> None:
@@ -91,5 +109,6 @@ def reclaim_arq_logger(level: str = "INFO") -> None:
     named.propagate = True
     named.setLevel(level)
     worker_lines = logging.getLogger("arq.worker")
-    if _INVALID_JOB_LINE not in worker_lines.filters:
-        worker_lines.addFilter(_INVALID_JOB_LINE)
+    for line_filter in (_INVALID_JOB_LINE, _FAILED_JOB_LINE):
+        if line_filter not in worker_lines.filters:
+            worker_lines.addFilter(line_filter)

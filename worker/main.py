@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import gc
 from collections.abc import Iterable
-from datetime import UTC
+from datetime import UTC, datetime
 from typing import Any
 
 import structlog
@@ -21,14 +21,16 @@ from arq.worker import Function, func
 from jobs.catalogue import FUNCTIONS, SCHEDULED
 from jobs.exports.nightly import nightly_export
 from jobs.spec import AnySpec
-from worker import embedded
+from worker import embedded, tracing
 from worker.context import CTX_KEY, AppContext
 from worker.db import create_engine, create_sessionmaker
 from worker.logging import configure_logging, reclaim_arq_logger
-from worker.redis import redis_settings
+from worker.metrics import start_metrics
+from worker.redis import redis_settings, sentinel_pool
 from worker.runner import arq_function
 from worker.serialization import deserialize_job, serialize
 from worker.settings import Settings, get_settings
+from worker.workers import WorkerPresence
 
 log = structlog.get_logger("worker")
 
@@ -41,9 +43,17 @@ ARQ_TIMEOUT_MARGIN_S = 5.0
 async def startup(ctx: dict[str, Any]) -> None:
     settings: Settings = ctx["settings"]
     reclaim_arq_logger(settings.log_level)
+    metrics = await start_metrics(settings, ctx.get("redis"))  # first: it may refuse its port
     engine = create_engine(settings)
+    traces = tracing.start(engine)
+    presence = WorkerPresence(redis=ctx["redis"], settings=settings)
+    await presence.start()
     ctx[CTX_KEY] = AppContext(
-        settings=settings, engine=engine, sessionmaker=create_sessionmaker(engine)
+        settings=settings,
+        engine=engine,
+        sessionmaker=create_sessionmaker(engine),
+        metrics=metrics,
+        presence=presence,
     )
     log.info(
         "engine.created",
@@ -55,6 +65,9 @@ async def startup(ctx: dict[str, Any]) -> None:
         "worker.started",
         queue=settings.queue_name,
         functions=[j.name for j in (*FUNCTIONS, *SCHEDULED)],
+        cron=cron_schedule(settings, datetime.now(UTC)),
+        metrics=None if metrics is None else f"{settings.metrics_host}:{metrics.port}",
+        tracing=traces,
     )
     # What exists now (modules, the engine) lives as long as the process; keeping it out of the
     # collector's generations makes the collections that jobs trigger cheaper (README, "Measured
@@ -64,7 +77,12 @@ async def startup(ctx: dict[str, Any]) -> None:
 
 async def shutdown(ctx: dict[str, Any]) -> None:
     app = ctx.pop(CTX_KEY, None)
+    tracing.stop()
     if isinstance(app, AppContext):
+        if app.presence is not None:
+            await app.presence.stop()
+        if app.metrics is not None:
+            await app.metrics.stop()
         await app.engine.dispose()
         log.info("engine.disposed")
     log.info("worker.stopped")
@@ -74,10 +92,16 @@ async def on_job_start(ctx: dict[str, Any]) -> None:
     # A fresh context per job: nothing bound by one job can reach the next.
     structlog.contextvars.clear_contextvars()
     structlog.contextvars.bind_contextvars(job_id=ctx.get("job_id"), job_try=ctx.get("job_try"))
+    app = ctx.get(CTX_KEY)
+    if isinstance(app, AppContext) and app.presence is not None:
+        app.presence.job_started(str(ctx.get("job_id")))
 
 
 async def after_job_end(ctx: dict[str, Any]) -> None:
     structlog.contextvars.clear_contextvars()
+    app = ctx.get(CTX_KEY)
+    if isinstance(app, AppContext) and app.presence is not None:
+        app.presence.job_ended(str(ctx.get("job_id")))  # indexed if it finished, by its task
 
 
 def functions(settings: Settings, specs: Iterable[AnySpec] = FUNCTIONS) -> list[Function]:
@@ -114,6 +138,16 @@ def cron_jobs(settings: Settings) -> list[CronJob]:
     ]
 
 
+def cron_schedule(settings: Settings, now: datetime) -> list[dict[str, str | None]]:
+    """Each cron job and its next run after `now` (arq's own reckoning), ISO-8601 in UTC."""
+    schedule = []
+    for job in cron_jobs(settings):
+        job.calculate_next(now.astimezone(UTC))
+        when = job.next_run.isoformat().replace("+00:00", "Z") if job.next_run else None
+        schedule.append({"function": job.name, "next_run": when})
+    return schedule
+
+
 def build_worker_settings(
     settings: Settings, *, redis: RedisSettings | None = None, **overrides: Any
 ) -> dict[str, Any]:
@@ -132,6 +166,9 @@ def build_worker_settings(
         # On SIGTERM/SIGINT arq stops taking jobs, waits this long for running ones, then cancels
         # them; a cancelled job's transaction rolls back and arq (retry_jobs) queues it again.
         "job_completion_wait": settings.shutdown_grace_s,
+        # `etl cancel` of a running job: arq cancels it at its next poll and records it failed
+        # with CancelledError (read back as cancelled), not to be retried.
+        "allow_abort_jobs": True,
         "job_serializer": serialize,
         "job_deserializer": deserialize_job,
         "on_startup": startup,
@@ -140,6 +177,12 @@ def build_worker_settings(
         "after_job_end": after_job_end,
         "ctx": {"settings": settings},
     }
+    if redis is None and settings.redis_sentinel() is not None:
+        # arq's create_pool gives a Sentinel pool no retry: without one the worker would end at
+        # the first command the dead primary does not answer. Building it does no I/O.
+        worker["redis_pool"] = sentinel_pool(
+            settings, ride_out_restarts=True, job_deserializer=deserialize_job
+        )
     worker.update(overrides)
     return worker
 

@@ -7,12 +7,16 @@ from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 from arq.connections import ArqRedis, RedisSettings, create_pool
+from arq.constants import expires_extra_ms
+from arq.jobs import Deserializer
 from redis.asyncio.retry import Retry
+from redis.asyncio.sentinel import MasterNotFoundError
 from redis.backoff import EqualJitterBackoff
 from redis.exceptions import AuthenticationError, AuthorizationError, RedisError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from worker.sentinel import master_pool
 from worker.serialization import deserialize, serialize
 from worker.settings import Settings, redact_url
 
@@ -70,7 +74,20 @@ def redis_settings(settings: Settings, *, ride_out_restarts: bool = False) -> Re
     """
     if settings.redis_url is None:
         raise RuntimeError("no Redis URL: call worker.embedded.resolve() first")
-    base = RedisSettings.from_dsn(settings.redis_url)
+    sentinel = settings.redis_sentinel()
+    if sentinel is not None:
+        # What arq's own create_pool would use (`arq --check`); the worker and the client
+        # connect through sentinel_pool() instead, which can carry the retry.
+        base = RedisSettings(
+            host=list(sentinel.sentinels),
+            sentinel=True,
+            sentinel_master=sentinel.service,
+            database=sentinel.db,
+            username=sentinel.username,
+            password=sentinel.password,
+        )
+    else:
+        base = RedisSettings.from_dsn(settings.redis_url)
     fields: dict[str, Any] = dict(base.__dict__)
     fields["conn_retries"] = 3
     if ride_out_restarts:
@@ -81,9 +98,67 @@ def redis_settings(settings: Settings, *, ride_out_restarts: bool = False) -> Re
     return SafeRedisSettings(**fields)
 
 
+def sentinel_pool(
+    settings: Settings,
+    *,
+    ride_out_restarts: bool = False,
+    job_deserializer: Deserializer | None = deserialize,
+) -> ArqRedis:
+    """An ArqRedis on the primary REDIS_URL's Sentinels name (a redis+sentinel:// URL).
+
+    What arq's create_pool would set up, plus what it cannot pass to a Sentinel pool: the worker's
+    retry (`ride_out_restarts`, as in redis_settings()), under which a connection lost to the old
+    primary is retried, each new connection asking the Sentinels again, until the promoted
+    replica answers. OSError is not listed here: the connect under the Sentinel's lookup would
+    spend the whole allowance on the dead primary's address instead of asking again (refused
+    connects still arrive, wrapped as ConnectionError). No I/O happens here.
+    """
+    url = settings.redis_sentinel()
+    if url is None:
+        raise RuntimeError("REDIS_URL is not a redis+sentinel:// URL")
+    retry: Retry | None = None
+    retry_on_error: list[type[Exception]] | None = None
+    if ride_out_restarts:
+        retry = _restart_retry()
+        retry_on_error = [MasterNotFoundError, RedisConnectionError, RedisTimeoutError]
+    pool = master_pool(
+        url,
+        retry=retry,
+        retry_on_error=retry_on_error,
+        # Longer than any WAIT the client sends.
+        command_timeout_s=5.0 + settings.redis_wait_ms / 1000,
+    )
+    pool.job_serializer = serialize
+    pool.job_deserializer = job_deserializer
+    pool.default_queue_name = settings.queue_name
+    pool.expires_extra_ms = expires_extra_ms
+    return pool
+
+
+async def _opened_sentinel_pool(settings: Settings) -> ArqRedis:
+    """sentinel_pool(), pinged, with the tries arq's create_pool gives a plain URL."""
+    pool = sentinel_pool(settings)
+    try:
+        for _ in range(redis_settings(settings).conn_retries):
+            try:
+                await pool.ping()
+                return pool
+            except (AuthenticationError, AuthorizationError):
+                raise
+            except (RedisError, OSError):
+                await asyncio.sleep(1)
+        await pool.ping()
+        return pool
+    except BaseException:
+        await pool.aclose()
+        raise
+
+
 async def connect(settings: Settings) -> ArqRedis:
     """An arq Redis pool that speaks the service's JSON job format."""
     try:
+        if settings.redis_sentinel() is not None:
+            return await _opened_sentinel_pool(settings)
         return await create_pool(
             redis_settings(settings), job_serializer=serialize, job_deserializer=deserialize
         )

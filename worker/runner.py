@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
+import sys
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -27,10 +29,12 @@ from jobs.errors import (
     TransientError,
     UnexpectedError,
     describe,
+    is_expected,
     is_transient,
     payload_error,
 )
 from jobs.spec import JobConfig, JobSpec
+from worker import tracing
 from worker.context import AppContext, app_context
 from worker.keys import PROGRESS_KEY_PREFIX, PROGRESS_TTL_S, in_progress_key_prefix
 from worker.serialization import serialize
@@ -150,7 +154,51 @@ def _counters(result: BaseModel) -> dict[str, Any]:
             continue  # structlog's own key
         if isinstance(value, bool | int | float) or (isinstance(value, str) and len(value) < 200):
             out[key] = value
+    # A result with nested parts (the nightly export's per-dataset files) flattens them itself.
+    log_fields = getattr(result, "log_fields", None)
+    if callable(log_fields):
+        out.update(log_fields())
     return out
+
+
+def finished_level(status: str, error: BaseException | None) -> int:
+    """The canonical line's level: a failure is a warning when the input explains it, else an
+    error (unexpected, a server given up on); anything else is info."""
+    if status != "failed":
+        return logging.INFO
+    return logging.WARNING if is_expected(error) else logging.ERROR
+
+
+def _observe_start(
+    app: AppContext, function: str, *, job_id: str, job_try: int, kwargs: dict[str, Any]
+) -> tracing.JobSpan | None:
+    """Count the job in progress and open its span; takes the trace context out of `kwargs`."""
+    if app.metrics is not None:
+        app.metrics.job_started()
+    carrier = kwargs.pop(tracing.TRACE_KWARG, None)
+    return tracing.start_job(function, job_id=job_id, job_try=job_try, carrier=carrier)
+
+
+def _observe_end(
+    app: AppContext,
+    function: str,
+    span: tracing.JobSpan | None,
+    *,
+    status: str,
+    fields: dict[str, Any],
+    started: float,
+) -> None:
+    """The canonical line, the job's metrics and the end of its span: once per run.
+
+    Called from execute's `finally`, where sys.exc_info() is the exception leaving the job (the
+    one arq records); its level depends on it.
+    """
+    duration_s = time.perf_counter() - started
+    fields.update(status=status, duration_ms=round(duration_s * 1000, 1))
+    log.log(finished_level(status, sys.exc_info()[1]), "job.finished", **fields)
+    if app.metrics is not None:
+        app.metrics.job_finished(function, status=status, duration_s=duration_s, fields=fields)
+    tracing.finish_job(span, status=status, fields=fields)
 
 
 async def _within_timeout(
@@ -183,6 +231,7 @@ async def execute(
     job_id = str(ctx.get("job_id", ""))
     job_try = int(ctx.get("job_try", 1))
     run = RunHandle(app=app, job_id=job_id, job_try=job_try, redis=ctx.get("redis"))
+    span = _observe_start(app, spec.name, job_id=job_id, job_try=job_try, kwargs=kwargs)
     started = time.perf_counter()
     status = "failed"
     fields: dict[str, Any] = {}
@@ -198,7 +247,10 @@ async def execute(
             dumped: dict[str, Any] = result.model_dump(mode="json")
             return dumped
         except asyncio.CancelledError:
+            # Aborted (`etl cancel`: arq records it cancelled, not retried) or stopped by a
+            # shutdown (arq queues it again); either way its transaction has rolled back.
             status = "cancelled"
+            fields = dict(run.counters)
             raise
         except Retry:
             status = "retrying"  # the job asked for it itself; arq defers it as asked
@@ -225,7 +277,4 @@ async def execute(
             fields["retry_in_s"] = round(delay, 2)
             raise Retry(defer=delay) from exc
         finally:
-            fields.update(
-                status=status, duration_ms=round((time.perf_counter() - started) * 1000, 1)
-            )
-            log.info("job.finished", **fields)
+            _observe_end(app, spec.name, span, status=status, fields=fields, started=started)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 import sys
 from datetime import time
 from functools import lru_cache
@@ -9,10 +10,12 @@ from pathlib import Path
 from typing import Literal
 from urllib.parse import parse_qs, urlsplit
 
-from pydantic import Field, field_validator
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError
+
+from worker.sentinel import SentinelURL, is_sentinel_url, parse_sentinel_url
 
 _PG_SCHEMES = {"postgresql", "postgres", "postgresql+asyncpg"}
 _REDIS_SCHEMES = {"redis", "rediss", "unix"}
@@ -54,9 +57,14 @@ def redact_url(value: str) -> str:
 
 def check_redis_url(value: str) -> str:
     """`value` if it is a Redis URL arq can use; ValueError in one line (no password) otherwise."""
+    if is_sentinel_url(value):
+        parse_sentinel_url(value)
+        return value
     scheme = value.split("://", 1)[0] if "://" in value else ""
     if scheme not in _REDIS_SCHEMES:
-        raise ValueError("REDIS_URL must start with redis://, rediss:// or unix://")
+        raise ValueError(
+            "REDIS_URL must start with redis://, rediss://, unix:// or redis+sentinel://"
+        )
     check_redis_numbers(value)
     return value
 
@@ -91,7 +99,11 @@ class Settings(BaseSettings):
     database_url: str | None = Field(default=None, alias="DATABASE_URL", repr=False)
     """PostgreSQL URL; unset means an embedded PostgreSQL under the state dir."""
     redis_url: str | None = Field(default=None, alias="REDIS_URL", repr=False)
-    """Redis URL (redis://, rediss:// or unix://); unset means an embedded Redis."""
+    """Redis URL (redis://, rediss://, unix:// or redis+sentinel://); unset: an embedded Redis."""
+    redis_wait_replicas: int | None = Field(default=None, ge=0, alias="ETL_REDIS_WAIT_REPLICAS")
+    """Replicas that must confirm an enqueue (Redis WAIT); unset: 1 with Sentinel, else 0 (off)."""
+    redis_wait_ms: int = Field(default=500, ge=1, le=10_000, alias="ETL_REDIS_WAIT_MS")
+    """How long one enqueue waits for those confirmations before it is tried again."""
 
     import_dir: Path = Field(default=Path("data/inbox"), alias="ETL_IMPORT_DIR")
     """Import files are read only from inside this directory."""
@@ -105,6 +117,16 @@ class Settings(BaseSettings):
     pool_recycle: int = Field(default=1800, alias="DB_POOL_RECYCLE")
     """Seconds after which a pooled connection is replaced."""
     pool_pre_ping: bool = Field(default=True, alias="DB_POOL_PRE_PING")
+    pool: Literal["queue", "null"] = Field(default="queue", alias="DB_POOL")
+    """`queue`: connections kept per process; `null`: one per unit of work (for pgbouncer)."""
+    statement_cache: bool = Field(default=True, alias="DB_STATEMENT_CACHE")
+    """`off` for pgbouncer in transaction mode: no prepared statement outlives its transaction."""
+    migration_lock_timeout_s: float = Field(default=5.0, gt=0, alias="ETL_MIGRATION_LOCK_TIMEOUT")
+    """Seconds a migration waits for a lock (or for older transactions) before it gives up."""
+    migration_statement_timeout_s: float = Field(
+        default=60.0, gt=0, alias="ETL_MIGRATION_STATEMENT_TIMEOUT"
+    )
+    """Seconds one migration statement (an index build included) may run before it is cancelled."""
 
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
         default="INFO", alias="LOG_LEVEL"
@@ -136,6 +158,18 @@ class Settings(BaseSettings):
     export_keep: int = Field(default=7, ge=1, alias="ETL_EXPORT_KEEP")
     """Nightly files kept per dataset; older ones are deleted."""
 
+    metrics_port: int | None = Field(default=None, ge=0, le=65535, alias="ETL_METRICS_PORT")
+    """Serve Prometheus metrics on this port at /metrics (0: any free port); unset means off."""
+    metrics_host: str = Field(default="127.0.0.1", min_length=1, alias="ETL_METRICS_HOST")
+    """Address the metrics server binds to (0.0.0.0 for every interface)."""
+
+    worker_name: str = Field(
+        default_factory=socket.gethostname, min_length=1, alias="ETL_WORKER_NAME"
+    )
+    """How this worker process names its host in the worker registry (`etl check`, dashboard)."""
+    dashboard_token: SecretStr | None = Field(default=None, alias="ETL_DASHBOARD_TOKEN", repr=False)
+    """Token an operator gives to the dashboard to retry and cancel jobs; unset means read-only."""
+
     @field_validator("database_url")
     @classmethod
     def _normalise_database_url(cls, value: str | None) -> str | None:
@@ -145,6 +179,11 @@ class Settings(BaseSettings):
     @classmethod
     def _check_redis_url(cls, value: str | None) -> str | None:
         return check_redis_url(value) if value else None
+
+    @field_validator("metrics_port", mode="before")
+    @classmethod
+    def _empty_port_is_off(cls, value: object) -> object:
+        return None if isinstance(value, str) and not value.strip() else value
 
     @field_validator("import_dir", "export_dir", "state_dir")
     @classmethod
@@ -163,6 +202,19 @@ class Settings(BaseSettings):
 
     def database_url_safe(self) -> str | None:
         return None if self.database_url is None else redact_url(self.database_url)
+
+    def redis_sentinel(self) -> SentinelURL | None:
+        """REDIS_URL's Sentinels and service when it is a redis+sentinel:// URL, else None."""
+        if self.redis_url is None or not is_sentinel_url(self.redis_url):
+            return None
+        return parse_sentinel_url(self.redis_url)
+
+    @property
+    def wait_replicas(self) -> int:
+        """ETL_REDIS_WAIT_REPLICAS, or its default for REDIS_URL."""
+        if self.redis_wait_replicas is not None:
+            return self.redis_wait_replicas
+        return 1 if self.redis_sentinel() is not None else 0
 
     def redis_url_safe(self) -> str | None:
         return None if self.redis_url is None else redact_url(self.redis_url)

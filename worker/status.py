@@ -4,6 +4,8 @@ arq keeps a queued job under `arq:job:<id>` (plus its id in the queue's sorted s
 running one with `arq:in-progress:<id>`, counts its runs in `arq:retry:<id>`, and keeps a
 finished one's outcome under `arq:result:<id>` for `keep_result` seconds. The runner adds the
 progress counters under `etl:progress:<id>`; `etl retry` leaves `etl:retried:<id>` behind.
+A job cancelled while it ran is recorded by arq as failed with CancelledError, and one cancelled
+while it waited is recorded so by `etl cancel`: both read back as `cancelled`.
 """
 
 from __future__ import annotations
@@ -25,8 +27,9 @@ from worker.keys import (
     retry_key_prefix,
 )
 from worker.serialization import deserialize
+from worker.tracing import TRACE_KWARG
 
-State = Literal["queued", "deferred", "in_progress", "complete", "failed", "not_found"]
+State = Literal["queued", "deferred", "in_progress", "complete", "failed", "cancelled", "not_found"]
 
 
 def _when(ms: Any) -> datetime | None:
@@ -49,6 +52,13 @@ def _list_field(value: Any) -> list[Any]:
 
 def _dict_field(value: Any) -> dict[str, Any]:
     return dict(value) if isinstance(value, dict) else {}
+
+
+def _kwargs_field(value: Any) -> dict[str, Any]:
+    """The job's arguments, without the trace context the client may send along."""
+    kwargs = _dict_field(value)
+    kwargs.pop(TRACE_KWARG, None)
+    return kwargs
 
 
 def _int_field(value: Any, default: int) -> int:
@@ -90,7 +100,7 @@ class JobState:
 
     @property
     def finished(self) -> bool:
-        return self.state in ("complete", "failed")
+        return self.state in ("complete", "failed", "cancelled")
 
     def as_json(self, *, with_arguments: bool = True) -> dict[str, Any]:
         out: dict[str, Any] = {"job_id": self.job_id, "state": self.state}
@@ -128,19 +138,23 @@ def _from_result(job_id: str, raw: bytes, *, retried_as: str | None) -> JobState
     if not isinstance(record, dict):
         raise UnreadableRecord(f"job {job_id}: its Redis record is not a JSON object")
     success = bool(record.get("s"))
+    error = None if success else _error_of(record.get("r"))
+    state: State = "complete" if error is None else "failed"
+    if error is not None and error.is_cancellation:
+        state = "cancelled"
     return JobState(
         job_id=job_id,
-        state="complete" if success else "failed",
+        state=state,
         function=_text_field(record.get("f")),
         args=_list_field(record.get("a")),
-        kwargs=_dict_field(record.get("k")),
+        kwargs=_kwargs_field(record.get("k")),
         tries=_int_field(record.get("t"), 1),
         queue_name=_text_field(record.get("q")),
         enqueued_at=_when(record.get("et")),
         started_at=_when(record.get("st")),
         finished_at=_when(record.get("ft")),
         result=record.get("r") if success else None,
-        error=None if success else _error_of(record.get("r")),
+        error=error,
         retried_as=retried_as,
     )
 
@@ -159,15 +173,54 @@ def _text(value: bytes | None) -> str | None:
 
 async def read_state(redis: Redis, job_id: str, *, queue_name: str) -> JobState:
     """The job's state in one round trip."""
+    (state,) = await read_states(redis, [job_id], queue_name=queue_name)
+    return state
+
+
+_READS_PER_JOB = 7
+
+
+async def read_states(
+    redis: Redis, job_ids: Sequence[str], *, queue_name: str, strict: bool = True
+) -> list[JobState]:
+    """The jobs' states in one round trip, in the order given.
+
+    `strict=False` reads a record this service cannot read as not found rather than failing.
+    """
     async with redis.pipeline(transaction=False) as pipe:
-        pipe.get(result_key_prefix + job_id)
-        pipe.get(job_key_prefix + job_id)
-        pipe.exists(in_progress_key_prefix + job_id)
-        pipe.zscore(queue_name, job_id)
-        pipe.get(retry_key_prefix + job_id)
-        pipe.get(PROGRESS_KEY_PREFIX + job_id)
-        pipe.get(RETRIED_KEY_PREFIX + job_id)
-        result, job, in_progress, score, runs, progress, retried = await pipe.execute()
+        for job_id in job_ids:
+            pipe.get(result_key_prefix + job_id)
+            pipe.get(job_key_prefix + job_id)
+            pipe.exists(in_progress_key_prefix + job_id)
+            pipe.zscore(queue_name, job_id)
+            pipe.get(retry_key_prefix + job_id)
+            pipe.get(PROGRESS_KEY_PREFIX + job_id)
+            pipe.get(RETRIED_KEY_PREFIX + job_id)
+        replies = await pipe.execute() if job_ids else []
+    states = []
+    for index, job_id in enumerate(job_ids):
+        reply = replies[index * _READS_PER_JOB : (index + 1) * _READS_PER_JOB]
+        try:
+            states.append(_state_of(job_id, *reply, queue_name=queue_name))
+        except UnreadableRecord:
+            if strict:
+                raise
+            states.append(JobState(job_id=job_id, state="not_found"))
+    return states
+
+
+def _state_of(
+    job_id: str,
+    result: bytes | None,
+    job: bytes | None,
+    in_progress: int,
+    score: float | None,
+    runs: bytes | None,
+    progress: bytes | None,
+    retried: bytes | None,
+    *,
+    queue_name: str,
+) -> JobState:
     if result:
         return _from_result(job_id, result, retried_as=_text(retried))
     if not job and score is None:
@@ -188,7 +241,7 @@ async def read_state(redis: Redis, job_id: str, *, queue_name: str) -> JobState:
         state=state,
         function=_text_field(record.get("f")),
         args=_list_field(record.get("a")),
-        kwargs=_dict_field(record.get("k")),
+        kwargs=_kwargs_field(record.get("k")),
         tries=_int_field(runs, 0),
         queue_name=queue_name,
         enqueued_at=_when(record.get("et")),

@@ -19,7 +19,7 @@ from jobs.ping import PingPayload, PingResult, ping
 from tests.support.etl_process import drop_queue
 from tests.support.worker_helpers import run_burst
 from worker.client import BATCH_SIZE, EtlClient, JobRequest
-from worker.errors import CannotRetry, JobFailed, JobNotFound
+from worker.errors import CannotRetry, JobFailed, JobNotFound, NotAcknowledged
 from worker.keys import PROGRESS_KEY_PREFIX
 from worker.serialization import serialize
 from worker.settings import Settings
@@ -297,3 +297,23 @@ async def test_retry_enqueues_a_failed_job_once_with_its_arguments(
         await client.retry(again.job_id)
     with pytest.raises(JobNotFound):
         await client.retry("no-such-job")
+
+
+async def test_an_enqueue_no_replica_confirms_is_retried_then_reported_with_its_job_ids(
+    settings: Settings, redis: ArqRedis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The test Redis has no replica, so `WAIT 1` never gets its confirmation.
+    monkeypatch.setattr("worker.failover.RETRY_FOR_S", 1.0)
+    waiting = settings.model_copy(update={"redis_wait_replicas": 1, "redis_wait_ms": 50})
+    job_id = f"unconfirmed-{uuid.uuid4().hex}"
+    async with EtlClient.from_redis(redis, waiting) as etl:
+        with pytest.raises(NotAcknowledged) as caught:
+            await etl.ping({"touch_db": False}, _job_id=job_id)
+    assert caught.value.job_ids == [job_id]
+    assert caught.value.message.startswith("enqueue of 1 job(s) not acknowledged within 1 s")
+    assert "(WAIT: 0 of 1 replica(s) confirmed)" in caught.value.message
+    # The primary has it, unconfirmed: enqueueing it again with its id queues nothing twice.
+    async with EtlClient.from_redis(redis, settings) as etl:
+        again = await etl.ping({"touch_db": False}, _job_id=job_id)
+    assert not again.created
+    assert await _queued(redis, settings) == 1

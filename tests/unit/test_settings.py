@@ -118,7 +118,7 @@ def test_bad_database_url_fails_in_one_line_without_the_password(url: str, messa
     [
         (
             f"http://:{SECRET}@cache.example",
-            "REDIS_URL must start with redis://, rediss:// or unix://",
+            "REDIS_URL must start with redis://, rediss://, unix:// or redis+sentinel://",
         ),
         (
             f"redis://:{SECRET}",

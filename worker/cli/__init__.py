@@ -43,7 +43,7 @@ def load_settings() -> Settings:
 def _unrepeated(problem: str) -> str:
     # The settings' own checks name their variable: `NAME: NAME is ...` would say it twice.
     name, _, text = problem.partition(": ")
-    return f"{name}: {text.removeprefix(f'{name} ')}"
+    return f"{name}: {text.removeprefix(f'{name}: ').removeprefix(f'{name} ')}"
 
 
 def _configure_logs(settings: Settings | None, *, stream: TextIO, verbose: bool) -> None:
