@@ -1,4 +1,9 @@
-"""Alembic environment: async, with the URL taken from the service's settings."""
+"""Alembic environment: async, with the URL taken from the service's settings.
+
+Each migration's connection gets the service's lock and statement timeouts, and each revision
+runs in its own transaction, so a migration never holds up the workers for long
+(worker/migrate.py says why, and how to write a revision that does not stop the service).
+"""
 
 from __future__ import annotations
 
@@ -11,6 +16,7 @@ from sqlalchemy.pool import NullPool
 from alembic import context
 from jobs.schema import metadata
 from worker import embedded
+from worker.migrate import MigrationTimeouts, check_timeouts
 from worker.settings import get_settings
 
 config = context.config
@@ -26,16 +32,33 @@ def _url() -> str:
     return settings.database_url
 
 
+def _timeouts() -> MigrationTimeouts:
+    given = config.attributes.get("timeouts")
+    return given if isinstance(given, MigrationTimeouts) else MigrationTimeouts.of(get_settings())
+
+
 def _run(connection: Connection) -> None:
-    context.configure(connection=connection, target_metadata=metadata, compare_type=True)
+    context.configure(
+        connection=connection,
+        target_metadata=metadata,
+        compare_type=True,
+        transaction_per_migration=True,
+    )
     with context.begin_transaction():
         context.run_migrations()
 
 
 async def _run_async() -> None:
-    engine = create_async_engine(_url(), poolclass=NullPool)
+    timeouts = _timeouts()
+    engine = create_async_engine(
+        _url(),
+        poolclass=NullPool,
+        # For the whole session, CONCURRENTLY steps (outside any transaction) included.
+        connect_args={"server_settings": timeouts.server_settings()},
+    )
     try:
         async with engine.connect() as connection:
+            await connection.run_sync(check_timeouts, timeouts)
             await connection.run_sync(_run)
     finally:
         await engine.dispose()

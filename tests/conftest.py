@@ -23,6 +23,7 @@ from sqlalchemy import text
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from tests.support import pgbouncer
 from tests.support.database import ROOT, TABLES, asyncpg_dsn, migrate
 from worker import embedded
 from worker.context import CTX_KEY, AppContext
@@ -67,13 +68,29 @@ def database_url(server_settings: Settings) -> Iterator[str]:
     asyncio.run(admin_exec(f'drop database if exists "{name}" with (force)'))
 
 
+# Through pgbouncer in transaction mode (TEST_VIA_PGBOUNCER=1), jobs and tests run as the service
+# must there: a connection per unit of work, no statement cache.
+THROUGH_PGBOUNCER = {"pool": "null", "statement_cache": False} if pgbouncer.ENABLED else {}
+
+
+@pytest.fixture(scope="session")
+def jobs_database_url(database_url: str) -> Iterator[str]:
+    """Where the engine and jobs reach the test database: directly, or through pgbouncer."""
+    if not pgbouncer.ENABLED:
+        yield database_url
+        return
+    with pgbouncer.pgbouncer_in_front(database_url) as url:
+        yield url
+
+
 @pytest.fixture
-def settings(server_settings: Settings, database_url: str, tmp_path: Path) -> Settings:
+def settings(server_settings: Settings, jobs_database_url: str, tmp_path: Path) -> Settings:
     """Settings for one test: its own dirs and its own queue name."""
     (tmp_path / "inbox").mkdir()
     return server_settings.model_copy(
         update={
-            "database_url": database_url,
+            **THROUGH_PGBOUNCER,
+            "database_url": jobs_database_url,
             "import_dir": tmp_path / "inbox",
             "export_dir": tmp_path / "exports",
             "queue_name": f"etl:test:{uuid.uuid4().hex}",
@@ -84,8 +101,9 @@ def settings(server_settings: Settings, database_url: str, tmp_path: Path) -> Se
 
 
 @pytest.fixture(scope="session")
-async def engine(database_url: str, server_settings: Settings) -> AsyncIterator[AsyncEngine]:
-    engine = create_engine(server_settings.model_copy(update={"database_url": database_url}))
+async def engine(jobs_database_url: str, server_settings: Settings) -> AsyncIterator[AsyncEngine]:
+    update = {**THROUGH_PGBOUNCER, "database_url": jobs_database_url}
+    engine = create_engine(server_settings.model_copy(update=update))
     yield engine
     await engine.dispose()
 

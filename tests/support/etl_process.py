@@ -54,6 +54,9 @@ def cli_env(settings: Settings, tmp_path: Path, **extra: str) -> dict[str, str]:
         ETL_RETRY_CAP="0.2",
         ETL_SHUTDOWN_GRACE="5",
         LOG_FORMAT="json",
+        # The pool the test's own engine uses: NullPool and no statement cache through pgbouncer.
+        DB_POOL=settings.pool,
+        DB_STATEMENT_CACHE="on" if settings.statement_cache else "off",
         **extra,
     )
 

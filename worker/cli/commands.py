@@ -26,6 +26,7 @@ from worker.cli.render import (
     out,
     out_json,
     progress_line,
+    reject_lines,
     result_lines,
     state_lines,
     tries,
@@ -54,7 +55,7 @@ def cmd_migrate(settings: Settings, args: argparse.Namespace) -> int:
     settings = servers(settings)
     assert settings.database_url is not None
     with reaching("PostgreSQL", settings.database_url):
-        head = upgrade_to_head(settings.database_url)
+        head = upgrade_to_head(settings.database_url, settings)
     out(f"database {settings.database_url_safe()} is at revision {head} (head)")
     return EXIT_OK
 
@@ -147,6 +148,9 @@ async def wait_for(handle: JobHandle[Any], *, give_up_s: float | None, as_json: 
         assert state.error is not None
         err(f"job {handle.job_id} ({state.function}) failed after {tries(state)}: {state.error}")
         return EXIT_FAILED
+    if state.state == "cancelled":
+        err(f"job {handle.job_id} ({state.function}) was cancelled")
+        return EXIT_FAILED
     if as_json:
         out_json(state.result)
     else:
@@ -205,6 +209,58 @@ async def retry(settings: Settings, job_id: str, *, as_json: bool) -> int:
     else:
         out(handle.job_id)
     return EXIT_OK
+
+
+def cmd_rejects(settings: Settings, args: argparse.Namespace) -> int:
+    return asyncio.run(rejects(settings, args))
+
+
+async def rejects(settings: Settings, args: argparse.Namespace) -> int:
+    client = EtlClient(settings)
+    try:
+        with reaching("PostgreSQL", settings.database_url):
+            page = await client.rejects(args.import_id, after=args.after, limit=args.limit)
+    finally:
+        await client.close()
+    if args.json:
+        out_json(
+            {
+                "import_id": args.import_id,
+                "rows": [row.model_dump(mode="json") for row in page.rows],
+                "next_after": page.next_after,
+            }
+        )
+        return EXIT_OK
+    for line in reject_lines(page, import_id=args.import_id, after=args.after, limit=args.limit):
+        out(line)
+    return EXIT_OK
+
+
+def cmd_cancel(settings: Settings, args: argparse.Namespace) -> int:
+    return asyncio.run(cancel(redis_only(settings), args.job_id, wait=args.wait, as_json=args.json))
+
+
+async def cancel(settings: Settings, job_id: str, *, wait: float, as_json: bool) -> int:
+    async with open_client(settings) as client:
+        state = await client.cancel(job_id, wait=wait)
+    if as_json:
+        out_json(state.as_json(with_arguments=False))
+    if state.state != "cancelled":
+        err(
+            f"job {job_id} ({state.function}) was asked to stop but is still "
+            f"{state.state.replace('_', ' ')} after {wait:g} s; it stops at its next await, "
+            "or before it runs again"
+        )
+        return EXIT_FAILED
+    if not as_json:
+        out(f"job {job_id} ({state.function}) cancelled")
+    return EXIT_OK
+
+
+def cmd_dashboard(settings: Settings, args: argparse.Namespace) -> int:
+    from worker.dashboard.server import serve
+
+    return serve(redis_only(settings), host=args.host, port=args.port)
 
 
 def cmd_demo(settings: Settings, args: argparse.Namespace) -> int:

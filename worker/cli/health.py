@@ -10,6 +10,7 @@ import argparse
 import asyncio
 import contextlib
 from collections.abc import Iterator
+from datetime import UTC, datetime
 
 from jobs.errors import EtlError, describe, is_transient, sqlstate_of
 from worker import embedded
@@ -18,6 +19,7 @@ from worker.cli.render import err, out
 from worker.errors import Unreachable
 from worker.keys import health_key
 from worker.settings import Settings, redact_url
+from worker.workers import WorkerRecord, list_workers
 
 CONNECT_TIMEOUT_S = 10.0
 
@@ -39,8 +41,8 @@ def _connection_problem(exc: BaseException) -> bool:
     if is_transient(exc) or isinstance(exc, OSError | TimeoutError):
         return True
     code = sqlstate_of(exc)
-    # 28xxx: bad user or password; 3D000: no such database.
-    if code is not None and (code.startswith("28") or code == "3D000"):
+    # 28xxx: bad user or password; 3D000: no such database; 08P01: a startup parameter refused.
+    if code is not None and (code.startswith("28") or code in ("3D000", "08P01")):
         return True
     return isinstance(exc, redis.exceptions.AuthenticationError | redis.exceptions.ResponseError)
 
@@ -49,6 +51,9 @@ def what_failed(exc: BaseException) -> str:
     """Why a server could not be reached, in one line."""
     if isinstance(exc, TimeoutError) and not str(exc).strip() and exc.__cause__ is None:
         return f"no answer within {CONNECT_TIMEOUT_S:g} s"
+    if "unsupported startup parameter" in str(exc):
+        # pgbouncer refuses plan_cache_mode, which only a statement cache needs.
+        return f"{describe(exc)} (through pgbouncer, set DB_STATEMENT_CACHE=off and DB_POOL=null)"
     return describe(exc)
 
 
@@ -100,8 +105,9 @@ async def preflight(settings: Settings) -> None:
     await ping_database(settings)
 
 
-async def worker_health(settings: Settings) -> str | None:
-    """The health line a live worker of the queue keeps fresh in Redis; None without one."""
+async def worker_health(settings: Settings) -> tuple[str | None, list[WorkerRecord]]:
+    """The health line a live worker of the queue keeps fresh in Redis (None without one), and
+    the worker registry's records."""
     from worker.redis import connect
 
     with reaching("Redis", settings.redis_url):
@@ -109,21 +115,49 @@ async def worker_health(settings: Settings) -> str | None:
             redis = await connect(settings)
             try:
                 raw = await redis.get(health_key(settings.queue_name))
+                workers = await list_workers(redis, queue_name=settings.queue_name)
             finally:
                 await redis.aclose()
-    return None if raw is None else raw.decode(errors="replace")
+    return (None if raw is None else raw.decode(errors="replace")), workers
 
 
-async def check(settings: Settings) -> tuple[list[str], str]:
-    """What is wrong (nothing, when all is well), and the worker's health line."""
+def _ago(seconds: float) -> str:
+    if seconds < 120:
+        return f"{seconds:.0f} s ago"
+    if seconds < 7200:
+        return f"{seconds / 60:.0f} min ago"
+    return f"{seconds / 3600:.0f} h ago"
+
+
+def worker_lines(workers: list[WorkerRecord], *, now: datetime) -> list[str]:
+    """One line per registered worker process, stale ones said so."""
+    lines = []
+    for w in workers:
+        beat = (now - w.heartbeat_at).total_seconds()
+        name = f"worker {w.host} pid {w.pid}"
+        if w.stale:
+            when = w.heartbeat_at.isoformat(timespec="seconds")
+            lines.append(f"{name}: stale, last heartbeat {when} ({_ago(beat)})")
+        else:
+            since = w.started_at.isoformat(timespec="seconds")
+            lines.append(
+                f"{name}: {len(w.running)}/{w.max_jobs} jobs running, up since {since}, "
+                f"heartbeat {_ago(beat)}"
+            )
+    return lines
+
+
+async def check(settings: Settings) -> tuple[list[str], str, list[WorkerRecord]]:
+    """What is wrong (nothing, when all is well), the worker's health line, the registry."""
     problems: list[str] = []
     try:
         await ping_database(settings)
     except Unreachable as exc:
         problems.append(exc.message)
     health = ""
+    workers: list[WorkerRecord] = []
     try:
-        line = await worker_health(settings)
+        line, workers = await worker_health(settings)
     except Unreachable as exc:
         problems.append(exc.message)
     else:
@@ -135,15 +169,17 @@ async def check(settings: Settings) -> tuple[list[str], str]:
             )
         else:
             health = line
-    return problems, health
+    return problems, health, workers
 
 
 def cmd_check(settings: Settings, args: argparse.Namespace) -> int:
     settings = servers(settings)
-    problems, health = asyncio.run(check(settings))
+    problems, health, workers = asyncio.run(check(settings))
     if problems:
         for problem in problems:
             err(f"check failed: {problem}")
         return EXIT_FAILED
     out(f"ok: PostgreSQL and Redis answer; worker on queue {settings.queue_name!r}: {health}")
+    for line in worker_lines(workers, now=datetime.now(UTC)):
+        out(line)
     return EXIT_OK

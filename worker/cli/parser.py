@@ -10,12 +10,16 @@ import argparse
 from collections.abc import Callable
 from typing import Any, TypeAlias
 
+from jobs.imports.quarantine import DEFAULT_PAGE, MAX_PAGE
 from worker.cli.commands import (
+    cmd_cancel,
+    cmd_dashboard,
     cmd_demo,
     cmd_embedded_stop,
     cmd_enqueue,
     cmd_failed,
     cmd_migrate,
+    cmd_rejects,
     cmd_retry,
     cmd_status,
     cmd_worker,
@@ -206,6 +210,55 @@ def configure_retry_parser(subparsers: Subparsers) -> None:
     add_json_flag(parser)
 
 
+def configure_rejects_parser(subparsers: Subparsers) -> None:
+    parser = add_command(
+        subparsers, "rejects", cmd_rejects, "page through an import's rejected lines, by line"
+    )
+    parser.add_argument("import_id", metavar="IMPORT_ID", help="the import_id of the job's result")
+    parser.add_argument(
+        "--after",
+        type=positive(int, "a line number"),
+        metavar="LINE",
+        help="start after this line (the `next:` line of the previous page says which)",
+    )
+    parser.add_argument(
+        "--limit",
+        type=positive(int, "an integer"),
+        default=DEFAULT_PAGE,
+        metavar="N",
+        help=f"at most N lines (default {DEFAULT_PAGE}, at most {MAX_PAGE})",
+    )
+    add_json_flag(parser)
+
+
+def configure_cancel_parser(subparsers: Subparsers) -> None:
+    parser = add_command(
+        subparsers, "cancel", cmd_cancel, "cancel a queued, deferred or running job"
+    )
+    parser.add_argument("job_id", metavar="JOB_ID")
+    parser.add_argument(
+        "--wait",
+        type=positive(float, "a number"),
+        default=30.0,
+        metavar="S",
+        help="how long to wait for a running job to stop (default 30)",
+    )
+    add_json_flag(parser)
+
+
+def configure_dashboard_parser(subparsers: Subparsers) -> None:
+    parser = add_command(
+        subparsers, "dashboard", cmd_dashboard, "serve the operators' web dashboard"
+    )
+    parser.add_argument(
+        "--host", default="127.0.0.1", help="address to bind (default 127.0.0.1, loopback only)"
+    )
+    parser.add_argument(
+        "--port", type=positive(int, "a port number"), default=8787, help="default 8787"
+    )
+    parser.set_defaults(verbose=True)
+
+
 def configure_demo_parser(subparsers: Subparsers) -> None:
     parser = add_command(subparsers, "demo", cmd_demo, "run the sample scenario end to end")
     add_json_flag(parser, "print the summary as JSON")
@@ -229,7 +282,10 @@ def build_parser() -> argparse.ArgumentParser:
         configure_status_parser,
         configure_failed_parser,
         configure_retry_parser,
+        configure_cancel_parser,
+        configure_rejects_parser,
         configure_demo_parser,
+        configure_dashboard_parser,
     ):
         configure(subparsers)
     return parser

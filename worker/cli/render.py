@@ -10,6 +10,8 @@ import sys
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
+from jobs.imports.quarantine import DEFAULT_PAGE, RejectedLine
+from jobs.pages import Page
 from worker.status import JobState
 
 
@@ -112,6 +114,7 @@ _HEADLINES = {
     "in_progress": "in progress",
     "complete": "complete",
     "failed": "failed",
+    "cancelled": "cancelled",
 }
 
 
@@ -155,3 +158,24 @@ def failed_lines(state: JobState) -> list[str]:
         f"    error: {state.error}",
         f"    arguments: {compact(state.kwargs)}",
     ]
+
+
+def _visible(text: str) -> str:
+    """`text` with control characters escaped: a raw line must not drive the terminal."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+
+
+def reject_lines(
+    page: Page[RejectedLine, int], *, import_id: str, after: int | None, limit: int
+) -> list[str]:
+    """`etl rejects`: a line per rejected line, then how to get the next page (or `end`)."""
+    if not page.rows and after is None:
+        return [f"no rejected lines for import {import_id}", "end"]
+    lines: list[str] = []
+    for row in page.rows:
+        lines.append(f"line {row.line_number}: {_visible(row.reason)}")
+        lines.append(f"    {_visible(row.raw_line)}")
+    if page.next_after is None:
+        return [*lines, "end"]
+    more = "" if limit == DEFAULT_PAGE else f" --limit {limit}"
+    return [*lines, f"next: etl rejects {import_id} --after {page.next_after}{more}"]
