@@ -6,26 +6,36 @@ import argparse
 import asyncio
 import contextlib
 import datetime as dt
-import os
-import platform
 import shutil
 import signal
 import sys
 import tempfile
 from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import Any
 
 from sqlalchemy import text
 
-from bench import database, exports, imports, queue, transfers, upserts
+from bench import database, exports, growth, imports, queue, sessions, transfers, upserts
 from bench.context import BenchContext
-from bench.harness import BenchError, Row, error_text, markdown_table, say, write_json
+from bench.harness import (
+    BenchError,
+    Row,
+    error_text,
+    markdown_table,
+    read_json,
+    say,
+    write_json,
+)
 from bench.pgclient import PgClient
+from bench.plot import write_svg
+from bench.report import describe_run, header_line, table_text
 from jobs.errors import ConfigError
 from worker import embedded
 from worker.context import AppContext
 from worker.db import create_engine, create_sessionmaker
 from worker.logging import configure_logging
+from worker.redis import connect
 from worker.settings import Settings, get_settings
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -36,6 +46,8 @@ FAMILIES: dict[str, Callable[[BenchContext], Awaitable[list[Row]]]] = {
     "transfers": transfers.scenarios,
     "queue": queue.scenarios,
 }
+# A results file and the growth file beside it share one picture (the first's name, .svg).
+COMPANIONS = {"latest.json": "growth.json", "quick.json": "quick-growth.json"}
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -56,7 +68,37 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--keep", action="store_true", help="keep the database and the work directory"
     )
+    parser.add_argument(
+        "--growth",
+        nargs="?",
+        const=",".join(str(size) for size in growth.DEFAULT_SIZES),
+        metavar="SIZES",
+        help="instead of the families: import, upsert and export at each size "
+        "(100000,1000000,5000000); writes bench/results/growth.json",
+    )
+    parser.add_argument(
+        "--plot",
+        nargs="?",
+        const=RESULTS / "latest.json",
+        type=Path,
+        metavar="JSON",
+        help="only draw the SVG of a results file (bench/results/latest.json, with growth.json "
+        "beside it): JSON's name with .svg",
+    )
+    parser.add_argument(
+        "--table",
+        type=Path,
+        metavar="JSON",
+        help="only print a results file's README table, with a header line naming the "
+        "machine, PostgreSQL, the date and the command",
+    )
     args = parser.parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)
+    if args.growth is not None:
+        try:
+            args.growth = growth.parse_sizes(args.growth)
+        except BenchError as exc:
+            parser.error(str(exc))
     args.rows = args.rows or (10_000 if args.quick else 1_000_000)
     args.rounds = args.rounds or (1 if args.quick else 3)
     args.pgbench_seconds = args.pgbench_seconds or (2 if args.quick else 10)
@@ -72,7 +114,29 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
-async def run(args: argparse.Namespace, server: Settings, workdir: Path) -> list[Row]:
+async def versions(settings: Settings) -> tuple[str | None, str | None]:
+    """(PostgreSQL's server_version, Redis's redis_version) for the run's description."""
+    assert settings.database_url is not None
+    postgresql = redis = None
+    try:
+        postgresql = str(await database.fetchval(settings.database_url, "show server_version"))
+    except Exception as exc:
+        say(f"bench: cannot read PostgreSQL's version: {error_text(exc)}")
+    try:
+        pool = await connect(settings)
+        try:
+            info = await pool.info("server")
+            redis = str(info.get("redis_version")) if info.get("redis_version") else None
+        finally:
+            await pool.aclose()
+    except Exception as exc:  # a Redis without INFO (fakeredis) still runs the benchmark
+        say(f"bench: cannot read Redis's version: {error_text(exc)}")
+    return postgresql, redis
+
+
+async def run(
+    args: argparse.Namespace, server: Settings, workdir: Path
+) -> tuple[list[Row], dict[str, Any]]:
     assert server.database_url is not None
     # SIGTERM cancels the run like Ctrl-C does, so the database is still dropped on the way out.
     main_task = asyncio.current_task()
@@ -99,6 +163,10 @@ async def run(args: argparse.Namespace, server: Settings, workdir: Path) -> list
             # The pool's first connection is not a job's cost: open it before anything is timed.
             async with engine.connect() as conn:
                 await conn.execute(text("select 1"))
+            postgresql, redis = await versions(settings)
+            described = describe_run(argv=args.argv, rows=args.rows, rounds=args.rounds,
+                                     postgresql=postgresql, redis=redis,
+                                     growth=args.growth)  # fmt: skip
             bench = BenchContext(
                 rows=args.rows,
                 rounds=args.rounds,
@@ -110,7 +178,10 @@ async def run(args: argparse.Namespace, server: Settings, workdir: Path) -> list
                 client=PgClient.from_url(url),
                 workdir=workdir,
             )
-            return await run_families(bench, args.only)
+            if args.growth is not None:
+                say(f"bench: growth at {', '.join(f'{size:,}' for size in args.growth)} rows")
+                return await growth.scenarios(bench, args.growth), described
+            return await run_families(bench, args.only), described
         finally:
             await engine.dispose()
     finally:
@@ -130,16 +201,58 @@ async def run_families(bench: BenchContext, families: list[str]) -> list[Row]:
     return rows
 
 
-def header(args: argparse.Namespace) -> str:
-    return (
-        f"N = {args.rows:,} rows, {args.rounds} round(s), medians; "
-        f"{dt.date.today().isoformat()}, {platform.node()}, {os.cpu_count()} CPUs, "
-        f"Python {platform.python_version()}"
-    )
+def result_paths(args: argparse.Namespace) -> list[Path]:
+    if args.output:
+        return [args.output]
+    today = dt.date.today().isoformat()
+    if args.growth is not None:
+        if args.quick:
+            return [RESULTS / "quick-growth.json"]
+        return [RESULTS / "growth.json", RESULTS / f"growth-{today}.json"]
+    if args.quick:
+        return [RESULTS / "quick.json"]
+    return [RESULTS / "latest.json", RESULTS / f"{today}.json"]
+
+
+def draw(path: Path, *, companions: bool = True) -> Path:
+    """Write the SVG of the results file `path` (with its growth companion, COMPANIONS, unless
+    told not to); its path."""
+    sources, svg = [path], path.with_suffix(".svg")
+    for main, companion in COMPANIONS.items():
+        if companions and path.name in (main, companion):
+            sources = [path.parent / main, path.parent / companion]
+            svg = (path.parent / main).with_suffix(".svg")
+    rows: list[Row] = []
+    run: dict[str, Any] = {}
+    growth_run: dict[str, Any] = {}
+    for source in sources:
+        if source.exists():
+            described, found = read_json(source)
+            if any(row.growth for row in found):
+                growth_run = described
+            else:
+                run = described
+            rows += found
+    if not rows:
+        raise BenchError(f"{path}: no results to draw")
+    write_svg(rows, svg, run or growth_run, growth_run)
+    return svg
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.table is not None or args.plot is not None:
+        try:
+            if args.table is not None:
+                print(table_text(args.table))
+            if args.plot is not None:
+                say(f"bench: wrote {draw(args.plot)}")
+        except (OSError, ValueError, BenchError) as exc:
+            print(f"bench: {exc}", file=sys.stderr)
+            return 2
+        return 0
+    for missing in sessions.uncovered():
+        say(f"bench: warning: {missing} is not given to that job's baselines (bench/sessions.py)")
     try:
         server = embedded.resolve(get_settings())
     except (ConfigError, ValueError) as exc:
@@ -154,7 +267,7 @@ def main(argv: list[str] | None = None) -> int:
             with contextlib.redirect_stdout(log):
                 configure_logging("INFO", "json", stream=log)
                 try:
-                    rows = asyncio.run(run(args, server, workdir))
+                    rows, described = asyncio.run(run(args, server, workdir))
                 finally:
                     configure_logging("WARNING", "json", stream=sys.stderr)
     except BenchError as exc:
@@ -168,18 +281,15 @@ def main(argv: list[str] | None = None) -> int:
             say(f"bench: work directory kept at {workdir}")
         else:
             shutil.rmtree(workdir, ignore_errors=True)
-    print(header(args))
+    print(header_line(described))
     print()
     print(markdown_table(rows))
-    if args.output:
-        targets = [args.output]
-    elif args.quick:
-        targets = [RESULTS / "quick.json"]
-    else:
-        targets = [RESULTS / "latest.json", RESULTS / f"{dt.date.today().isoformat()}.json"]
+    targets = result_paths(args)
     for path in targets:
-        write_json(rows, path)
+        write_json(rows, path, described)
         say(f"bench: wrote {path}")
+    # --output FILE.json gets FILE.svg of that run alone; bench/results' files are drawn together.
+    say(f"bench: wrote {draw(targets[0], companions=args.output is None)}")
     return 0
 
 

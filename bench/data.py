@@ -102,3 +102,103 @@ def insert_accounts(count: int) -> str:
         insert into accounts (id, currency, balance_cents)
         select i, 'EUR', 1000000000000 from generate_series(1, {count}) as i
     """
+
+
+REJECT_EVERY = 50
+"""One row in 50 (2%) of the realistic file breaks a rule."""
+_REJECT_AT = 7  # which row of each 50: i % 50 == 7
+_REJECT_KINDS = 6
+
+
+def _realistic_fields(*, first: int, count: int) -> str:
+    """The realistic file's rows: raw fields as a messy export writes them, beside the values
+    import_file stores for them and whether it rejects the row.
+
+    Raw: e-mails in mixed case (User12@Example.COM), names "Last, First" or padded with spaces
+    (quoted, with commas), countries in lower case or padded, timestamps with offsets (+02:00,
+    -05:00, +05:30, Z) or none (UTC). One row in 50 is refused, six ways in turn: an e-mail
+    without @, a three-letter country, a country with a digit, an empty e-mail, an empty name,
+    an empty external id.
+    """
+    last = first + count - 1
+    return f"""
+        select i,
+               i % {REJECT_EVERY} = {_REJECT_AT} as refused,
+               (i / {REJECT_EVERY}) % {_REJECT_KINDS} as kind,
+               'c' || lpad(i::text, 10, '0') as key,
+               case i % 3 when 0 then 'User' || i || '@Example.COM'
+                          when 1 then 'user' || i || '@EXAMPLE.com'
+                          else 'user' || i || '@example.com' end as email,
+               ({_array(_FIRST)})[1 + (i * 7) % {len(_FIRST)}] as first_name,
+               ({_array(_LAST)})[1 + (i * 13) % {len(_LAST)}] as last_name,
+               ({_array(_COUNTRIES)})[1 + i % {len(_COUNTRIES)}] as country,
+               timestamptz '2020-01-01 00:00:00+00' + i * interval '17 seconds' as created
+        from generate_series({first}, {last}) as i
+    """
+
+
+_OFFSETS = ("Z", "+02:00", "-05:00", "+05:30", "")
+
+
+def _local_time(offset: str) -> str:
+    """SQL writing `created` as the local time at `offset` followed by it ("" is no offset at
+    all, which the rules read as UTC)."""
+    shift = offset if offset not in ("Z", "") else "+00:00"
+    separator = '"T"' if offset else " "
+    text = f"to_char(created at time zone interval '{shift}', 'YYYY-MM-DD{separator}HH24:MI:SS')"
+    return f"{text} || '{offset}'" if offset else text
+
+
+def realistic_select(*, first: int, count: int) -> str:
+    """The realistic import file's rows, in file column order (see _realistic_fields)."""
+    name = ("case when i % 5 = 0 then last_name || ', ' || first_name "
+            "when i % 11 = 0 then '  ' || first_name || ' ' || last_name || ' ' "
+            "else first_name || ' ' || last_name end")  # fmt: skip
+    cases = " ".join(f"when {n} then {_local_time(offset)}" for n, offset in enumerate(_OFFSETS))
+    stamp = f"case i % {len(_OFFSETS)} {cases} end"
+    return f"""
+        select case when refused and kind = 5 then '' else key end as external_id,
+               case when refused and kind = 0 then replace(email, '@', '.')
+                    when refused and kind = 3 then ''
+                    else email end as email,
+               case when refused and kind = 4 then '' else {name} end as full_name,
+               case when refused and kind = 1 then country || 'X'
+                    when refused and kind = 2 then left(country, 1) || '1'
+                    when i % 4 = 0 then lower(country)
+                    when i % 9 = 0 then ' ' || country || ' '
+                    else country end as country,
+               {stamp} as created_at
+        from ({_realistic_fields(first=first, count=count)}) as raw
+    """
+
+
+def realistic_cleaned_select(*, first: int, count: int) -> str:
+    """The rows import_file keeps from the realistic file, as it stores them: e-mail lower-cased,
+    name trimmed, country upper-cased and trimmed, the timestamp in UTC."""
+    name = ("case when i % 5 = 0 then last_name || ', ' || first_name "
+            "else first_name || ' ' || last_name end")  # fmt: skip
+    return f"""
+        select key as external_id, lower(email) as email, {name} as full_name,
+               country,
+               to_char(created at time zone 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS"Z"') as created_at
+        from ({_realistic_fields(first=first, count=count)}) as raw
+        where not refused
+    """
+
+
+def realistic_rejects(*, first: int, count: int) -> int:
+    """How many rows of that file import_file refuses."""
+    return sum(1 for i in range(first, first + count) if i % REJECT_EVERY == _REJECT_AT)
+
+
+async def write_realistic_csv(
+    client: PgClient, raw: Path, cleaned: Path, *, first: int, count: int
+) -> None:
+    """The realistic import file, and the cleaned file its baseline loads."""
+    for path, select in (
+        (raw, realistic_select(first=first, count=count)),
+        (cleaned, realistic_cleaned_select(first=first, count=count)),
+    ):
+        # \\copy takes one line; joining lines (not words) keeps the spaces inside literals.
+        line = " ".join(part.strip() for part in select.splitlines())
+        await psql(client, command=f"\\copy ({line}) to '{path}' with (format csv, header)")

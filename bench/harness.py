@@ -13,6 +13,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+CEILING = "a ceiling"
+"""Words every ceiling row's note holds: how a reader of the JSON (and read_json) tells a ceiling
+(peak RSS growth, lower is better) from a floor."""
+
 
 class BenchError(Exception):
     """A benchmark cannot run as asked; the message says why in one line."""
@@ -45,6 +49,10 @@ class Row:
     target: float | None = None
     peak_rss_mb: float | None = None
     note: str | None = None
+    growth: dict[str, Any] | None = None
+    """Growth rows only (`--growth`): {"series": what was measured, "size": rows, and "measure":
+    "rate" (throughput at that size) or "peak_rss" (the largest size's peak RSS over the
+    smallest's)}."""
     # A ceiling (peak RSS growth) rather than a floor; said in `note` for JSON readers.
     target_is_ceiling: bool = field(default=False, repr=False)
 
@@ -79,6 +87,11 @@ def stopwatch() -> Iterator[list[float]]:
         elapsed[0] = time.perf_counter() - started
 
 
+def plural(count: int, noun: str) -> str:
+    """`1 job`, `100 jobs`."""
+    return f"{count:,} {noun}{'' if count == 1 else 's'}"
+
+
 def error_text(exc: BaseException) -> str:
     """One line: the exception's type and message, clipped."""
     message = " ".join(str(exc).split()) or type(exc).__name__
@@ -101,6 +114,8 @@ class Baseline:
     name: str
     run: Run
     target: float | None
+    note: str | None = None
+    """How to read the comparison (what the baseline does or skips); kept in the row's note."""
 
 
 @dataclass
@@ -171,6 +186,7 @@ async def compare_all(
             row.ratio = row.rate / row.baseline_rate
         notes = [f"error: {ours.error}"] if ours.error else []
         notes += [f"baseline error: {side.error}"] if side.error else []
+        notes += [baseline.note] if baseline.note else []
         row.note = "; ".join(notes) or None
         out.append(row)
     return out
@@ -186,9 +202,10 @@ async def compare(
     baseline: Run,
     target: float | None,
     prepare: Prepare = _no_prepare,
+    note: str | None = None,
 ) -> Row:
     """`compare_all` with one baseline."""
-    only = Baseline(scenario=scenario, name=baseline_name, run=baseline, target=target)
+    only = Baseline(scenario=scenario, name=baseline_name, run=baseline, target=target, note=note)
     rows_out = await compare_all(
         rows=rows, rounds=rounds, subject=subject, baselines=[only], prepare=prepare
     )
@@ -237,9 +254,32 @@ def markdown_table(rows: list[Row]) -> str:
     return "\n".join(lines)
 
 
-def write_json(rows: list[Row], path: Path) -> None:
+def write_json(rows: list[Row], path: Path, run: dict[str, Any] | None = None) -> None:
+    """The results file: {"run": how and where it was measured, "rows": one object per row}."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    text = json.dumps([row.as_json() for row in rows], indent=2, ensure_ascii=False)
+    data = {"run": run or {}, "rows": [row.as_json() for row in rows]}
+    text = json.dumps(data, indent=2, ensure_ascii=False)
     tmp = path.with_suffix(path.suffix + ".tmp")
     tmp.write_text(text + "\n")
     tmp.replace(path)
+
+
+def read_json(path: Path) -> tuple[dict[str, Any], list[Row]]:
+    """(run, rows) from a results file; a file of the first round's format (a bare list of rows)
+    has no run description."""
+    data = json.loads(path.read_text())
+    run: dict[str, Any] = {}
+    if isinstance(data, dict):
+        run, data = data.get("run") or {}, data.get("rows")
+    if not isinstance(data, list):
+        raise BenchError(f"{path}: not a benchmark results file")
+    rows: list[Row] = []
+    for item in data:
+        row = Row(**{k: v for k, v in item.items() if k in _ROW_FIELDS})
+        # A ceiling row says so in its note; the JSON has no field for it.
+        row.target_is_ceiling = CEILING in (row.note or "")
+        rows.append(row)
+    return run, rows
+
+
+_ROW_FIELDS = frozenset(f for f in Row.__dataclass_fields__ if f != "target_is_ceiling")

@@ -7,7 +7,8 @@ import os
 import re
 import shlex
 import shutil
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from sqlalchemy.engine import make_url
@@ -33,6 +34,8 @@ class PgClient:
     user: str | None
     password: str | None
     dbname: str
+    settings: tuple[tuple[str, str], ...] = ()
+    """Session settings every tool run with this client gets (PGOPTIONS `-c name=value`)."""
 
     @classmethod
     def from_url(cls, url: str) -> PgClient:
@@ -58,10 +61,20 @@ class PgClient:
             out += ["-U", self.user]
         return out
 
+    def with_settings(self, settings: Mapping[str, str]) -> PgClient:
+        """The same connection, its sessions given `settings` (a job's SET LOCALs)."""
+        return replace(self, settings=tuple(settings.items()))
+
     def env(self) -> dict[str, str]:
         env = dict(os.environ)
         if self.password:
             env["PGPASSWORD"] = self.password
+        if self.settings:
+            # libpq reads PGOPTIONS as the startup packet's options: `-c name=value`, space
+            # separated, a space inside a value escaped with a backslash.
+            given = [f"-c {name}={value.replace(' ', chr(92) + ' ')}"
+                     for name, value in self.settings]  # fmt: skip
+            env["PGOPTIONS"] = " ".join(filter(None, [env.get("PGOPTIONS", ""), *given]))
         return env
 
     def psql_command(self, *extra: str) -> list[str]:
@@ -113,9 +126,16 @@ _FAILED = re.compile(r"^number of failed transactions: (\d+)", re.MULTILINE)
 
 
 async def pgbench(
-    client: PgClient, *, script: Path, clients: int, threads: int, seconds: int
+    client: PgClient,
+    *,
+    script: Path,
+    clients: int,
+    threads: int,
+    seconds: int,
+    per_transaction: int = 1,
 ) -> Measured:
-    """A timed pgbench run; its rate is pgbench's own tps (connection time excluded)."""
+    """A timed pgbench run; its rate is pgbench's own tps (connection time excluded) times
+    `per_transaction`, the units of work (transfers) each of the script's transactions does."""
     argv = [_tool("pgbench"), "-n", "-c", str(clients), "-j", str(threads), "-T", str(seconds),
             "-f", str(script), *client.args(), client.dbname]  # fmt: skip
     out = await _run(argv, env=client.env())
@@ -127,4 +147,7 @@ async def pgbench(
         raise BenchError(f"pgbench: {failed.group(1)} transactions failed")
     transactions = int(done.group(1))
     rate = float(tps.group(1))
-    return Measured(seconds=transactions / rate if rate else float(seconds), rows=transactions)
+    return Measured(
+        seconds=transactions / rate if rate else float(seconds),
+        rows=transactions * per_transaction,
+    )

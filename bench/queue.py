@@ -82,6 +82,7 @@ async def scenarios(bench: BenchContext) -> list[Row]:
             baseline_name=f"bare arq Worker, no-op, max_jobs={max_jobs}",
             baseline=bare,
             target=0.9,
+            note="both workers in burst mode, timed from the end of their start-up",
         ),
         await compare(
             scenario="enqueue ping jobs, EtlClient.enqueue_many",

@@ -1,0 +1,145 @@
+"""One job in a process of its own, so that the process's peak RSS is the job's alone.
+
+    python -m bench.job_run --database-url URL --import-dir DIR --export-dir DIR --log-file F \\
+        export --format csv [--compress]
+        import --path FILE --mode insert|upsert
+        worker --redis-url URL --queue NAME --jobs N
+
+`export` and `import` call the job as arq calls it (`worker.runner.execute` with the ctx the
+worker builds); `worker` runs the service's arq worker in burst mode on a queue the parent filled
+and reads no result (the parent reads them from Redis, as an app does). Each prints one JSON line
+last: seconds (around the job, or the burst after the worker's start-up), peak_rss_mb (the
+process's high-water mark), and result (the job's result), or error.
+
+`run_child` is the parent's side: it starts the process and reads that line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import resource
+import sys
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+from bench.harness import BenchError, error_text
+from jobs.exports.job import export_dataset
+from jobs.imports.job import import_file
+from jobs.spec import JobSpec
+from worker.context import CTX_KEY, AppContext
+from worker.db import create_engine, create_sessionmaker
+from worker.logging import configure_logging
+from worker.runner import execute
+from worker.settings import Settings
+
+
+def peak_rss_mb() -> float:
+    """The process's high-water resident set (VmHWM), in MB."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KB on Linux
+
+
+async def call_job(settings: Settings, args: argparse.Namespace) -> dict[str, Any]:
+    engine = create_engine(settings)
+    try:
+        app = AppContext(settings=settings, engine=engine, sessionmaker=create_sessionmaker(engine))
+        ctx = {CTX_KEY: app, "job_id": f"bench-{uuid.uuid4().hex[:12]}", "job_try": 1}
+        spec: JobSpec[Any, Any] = export_dataset if args.job == "export" else import_file
+        kwargs: dict[str, Any] = (
+            {"format": args.format, "compress": args.compress}
+            if args.job == "export"
+            else {"path": args.path, "mode": args.mode}
+        )
+        started = time.perf_counter()
+        result = await execute(spec, ctx, dataset="customers", **kwargs)
+        seconds = time.perf_counter() - started
+    finally:
+        await engine.dispose()
+    return {"seconds": seconds, "result": result}
+
+
+async def burst(settings: Settings, args: argparse.Namespace) -> dict[str, Any]:
+    from bench.workers import project_worker, run_burst  # the worker's modules only here
+
+    worker = project_worker(settings, queue_name=args.queue, max_jobs=1)
+    return {"seconds": await run_burst(worker, jobs=args.jobs)}
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m bench.job_run")
+    parser.add_argument("--database-url", required=True)
+    parser.add_argument("--import-dir", required=True, type=Path)
+    parser.add_argument("--export-dir", required=True, type=Path)
+    parser.add_argument("--log-file", required=True, type=Path)
+    jobs = parser.add_subparsers(dest="job", required=True)
+    export = jobs.add_parser("export")
+    export.add_argument("--format", choices=("csv", "jsonl"), required=True)
+    export.add_argument("--compress", action="store_true")
+    imports = jobs.add_parser("import")
+    imports.add_argument("--path", required=True)
+    imports.add_argument("--mode", choices=("insert", "upsert"), required=True)
+    worker = jobs.add_parser("worker")
+    worker.add_argument("--redis-url", required=True)
+    worker.add_argument("--queue", required=True)
+    worker.add_argument("--jobs", type=int, required=True)
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    values: dict[str, Any] = {
+        "DATABASE_URL": args.database_url,
+        "ETL_IMPORT_DIR": args.import_dir,
+        "ETL_EXPORT_DIR": args.export_dir,
+        "LOG_FORMAT": "json",
+    }
+    if args.job == "worker":
+        values["REDIS_URL"] = args.redis_url
+    settings = Settings(**values)
+    with args.log_file.open("a") as log:
+        # The worker's start-up hook points logging at sys.stdout: the JSON line must stay alone.
+        with contextlib.redirect_stdout(log):
+            configure_logging("INFO", "json", stream=log)
+            try:
+                run = burst if args.job == "worker" else call_job
+                out = asyncio.run(run(settings, args))
+            except Exception as exc:
+                out = {"error": error_text(exc)}
+    out["peak_rss_mb"] = peak_rss_mb()
+    print(json.dumps(out))
+    return 1 if "error" in out else 0
+
+
+async def run_child(
+    *, url: str, import_dir: Path, export_dir: Path, log_file: Path, job: list[str]
+) -> dict[str, Any]:
+    """Run `python -m bench.job_run ... JOB` and return its JSON line; BenchError if it failed."""
+    argv = [sys.executable, "-m", "bench.job_run", "--database-url", url,
+            "--import-dir", str(import_dir), "--export-dir", str(export_dir),
+            "--log-file", str(log_file), *job]  # fmt: skip
+    proc = await asyncio.create_subprocess_exec(
+        *argv, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
+    )
+    out, err = await proc.communicate()
+    try:
+        report: dict[str, Any] = json.loads(out.decode().strip().splitlines()[-1])
+    except (ValueError, IndexError):
+        detail = " ".join(err.decode(errors="replace").split())[-300:]
+        raise BenchError(f"the {job[0]} process exited with {proc.returncode}: {detail}") from None
+    if "error" in report:
+        raise BenchError(str(report["error"]))
+    return report
+
+
+if __name__ == "__main__":
+    sys.exit(main())
