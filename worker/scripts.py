@@ -46,3 +46,31 @@ key. ARGV: the new job's key expiry (ms), score, serialised job, id. Returns {0}
 is gone, {2, id} when it was already retried as `id`, {3} when the new id is taken, {1, new id}
 when enqueued.
 """
+
+CANCEL_SCRIPT = """
+if redis.call('EXISTS', KEYS[4]) == 1 then return 1 end
+if redis.call('EXISTS', KEYS[3]) == 1 then
+  redis.call('ZADD', KEYS[6], ARGV[4], ARGV[1])
+  return 2
+end
+local job = redis.call('GET', KEYS[2])
+local score = redis.call('ZSCORE', KEYS[1], ARGV[1])
+if not job and not score then return 0 end
+if (job or '') ~= ARGV[2] then return 3 end
+redis.call('ZREM', KEYS[1], ARGV[1])
+redis.call('DEL', KEYS[2], KEYS[5])
+redis.call('SET', KEYS[3], 'cancelled', 'PX', 1000)
+redis.call('DEL', KEYS[3])
+redis.call('SET', KEYS[4], ARGV[3], 'PX', ARGV[5])
+return 4
+"""
+"""Cancel a job: take a waiting one off the queue, or ask arq to abort a running one, atomically.
+
+KEYS: the queue, the job key, its in-progress key, its result key, its retry key, arq's abort set.
+ARGV: the job id, its record as read before (empty when none), the cancelled result to keep, now
+(ms), the result's expiry (ms). Returns 1 when the job has a result (finished), 2 when it runs
+(added to the abort set: its worker cancels it at its next poll), 0 when unknown, 3 when its
+record changed since it was read (read it again), 4 when it was removed and its result written.
+Setting the in-progress key (and deleting it again) makes a worker that is between its WATCH of
+that key and its EXEC, about to start this job, fail its EXEC and leave the job.
+"""
