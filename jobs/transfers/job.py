@@ -1,17 +1,26 @@
 """`transfer_funds`: move money between accounts; each transfer all-or-nothing, each id once.
 
 A batch runs in one transaction. It locks the batch's accounts in ascending id order (so two
-batches sharing accounts queue behind each other instead of deadlocking), reads which ids the
-ledger already holds, lets `jobs.transfers.plan` decide every transfer in memory, and writes the
+batches sharing accounts queue behind each other instead of deadlocking), reads the ledger's rows
+for the batch's ids, lets `jobs.transfers.plan` decide every transfer in memory, and writes the
 result with one statement inside one savepoint: one UPDATE of the net balance changes and one
-INSERT of the ledger rows. A savepoint per transfer would cost four round trips each and, past
-64 of them, overflow PostgreSQL's subtransaction cache, slowing every other session.
+INSERT of the ledger rows, each marked with the arq job id that wrote it. A savepoint per
+transfer would cost four round trips each and, past 64 of them, overflow PostgreSQL's
+subtransaction cache, slowing every other session.
+
+A replay tells the truth. If the worker dies after the transaction committed but before arq
+stored the result, arq runs the job again under the same job id; the ledger's rows carry that id,
+so the rules report each transfer as the first run decided it (same counts, statuses, reasons),
+and nothing is written or moved again. A later job (another job id) sending the same ids gets
+`duplicate` with the recorded status and reason; the same id with other accounts or amount is
+rejected (`id reused with different content`). Reading the rows back costs no extra round trip:
+the one query that finds which ids are recorded returns their rows, and none for new ids.
 
 If that statement fails on something the rules did not foresee (another job recorded one of the
 ids a moment ago, a constraint the rules do not know), the job rolls back to the savepoint and
 writes the transfers one by one, each in its own savepoint, asking the same rules: the outcomes
-are the same, except that a transfer the database refuses is rejected (or, for an id recorded
-meanwhile, reported duplicate) on its own.
+are the same, except that a transfer the database refuses is rejected on its own (an id another
+job recorded meanwhile is judged by that job's row, as above).
 
 Large batches queue for one advisory lock before they lock any account. Two of them nearly always
 share accounts; the second would wait on the first's rows and then, in READ COMMITTED, re-check
@@ -38,11 +47,11 @@ from jobs.errors import sqlstate_of
 from jobs.models import TransferItem, TransferPayload, TransferResult
 from jobs.spec import JobRun, etl_job
 from jobs.transfers.plan import (
-    ALREADY_RECORDED,
     AccountRow,
     BatchState,
     Decision,
     LedgerRow,
+    RecordedTransfer,
     accounts_to_lock,
     plan_batch,
     transfer_deltas,
@@ -64,7 +73,10 @@ LARGE_BATCH_LOCK = 0x7472_616E
 LARGE_BATCH_ACCOUNTS = 64
 """A batch locking more accounts than this waits for the large-batch queue first."""
 QUEUE_LARGE_BATCH = "SELECT pg_advisory_xact_lock($1::bigint)"
-RECORDED_IDS = "SELECT id FROM transfers WHERE id = ANY(string_to_array($1, ',')::uuid[])"
+RECORDED = """
+SELECT id, from_account_id, to_account_id, amount_cents, status, reason, job_id FROM transfers
+WHERE id = ANY(string_to_array($1, ',')::uuid[])
+"""
 # A data-modifying CTE runs to completion even though the INSERT does not read it: one round trip.
 WRITE = """
 WITH moved AS (
@@ -75,15 +87,15 @@ WITH moved AS (
     ) AS d(id, delta)
     WHERE a.id = d.id
 )
-INSERT INTO transfers (id, from_account_id, to_account_id, amount_cents, status, reason)
-SELECT * FROM unnest(
+INSERT INTO transfers (id, from_account_id, to_account_id, amount_cents, status, reason, job_id)
+SELECT r.*, $9::text FROM unnest(
     string_to_array($3, ',')::uuid[],
     string_to_array($4, ',')::bigint[],
     string_to_array($5, ',')::bigint[],
     string_to_array($6, ',')::bigint[],
     string_to_array($7, ',')::text[],
     $8::text[]
-)
+) AS r
 """
 LEDGER_KEY = "pk_transfers"
 SAVEPOINT = "SAVEPOINT transfer_batch"
@@ -117,12 +129,20 @@ async def transfer_funds(run: JobRun, payload: TransferPayload) -> TransferResul
 
 
 def summarise(transfers: Sequence[TransferItem], decisions: Sequence[Decision]) -> TransferResult:
-    """The job's result: counts, and each transfer's outcome in input order."""
+    """The job's result: counts, and each transfer's outcome in input order.
+
+    Only a duplicate carries what the ledger recorded for its id: a replayed outcome is reported
+    as the first run reported it, and a reused id is rejected for that reason alone.
+    """
     counts = {"applied": 0, "rejected": 0, "duplicate": 0}
     results = []
     for transfer, decision in zip(transfers, decisions, strict=True):
-        counts[decision.status] += 1
-        results.append({"id": transfer.id, "status": decision.status, "reason": decision.reason})
+        status, recorded = decision.status, decision.recorded
+        counts[status] += 1
+        outcome = {"id": transfer.id, "status": status, "reason": decision.reason}
+        if recorded is not None and status == "duplicate":
+            outcome["recorded_status"], outcome["recorded_reason"] = recorded
+        results.append(outcome)
     # Validating plain dicts in one call is faster than building 10,000 models one by one.
     return TransferResult.model_validate({**counts, "results": results})
 
@@ -137,18 +157,18 @@ async def apply_batch(run: JobRun, transfers: Sequence[TransferItem]) -> list[De
             # Before any row lock, so no job waits for this while holding an account.
             await driver.execute(QUEUE_LARGE_BATCH, LARGE_BATCH_LOCK)
         accounts = await driver.fetch(LOCK_ACCOUNTS, _joined(account_ids))
-        plan = plan_batch(
-            transfers, accounts=accounts, recorded=await recorded_ids(driver, transfers)
-        )
+        job_id = run.job_id or None
+        recorded = await recorded_transfers(driver, transfers)
+        plan = plan_batch(transfers, accounts=accounts, recorded=recorded, job_id=job_id)
         if not plan.ledger:
-            return plan.decisions  # all duplicates: nothing to write
+            return plan.decisions  # all in the ledger already: nothing to write
         # This savepoint is set through the raw connection: SQLAlchemy's begin_nested() costs
         # several times as much CPU for SAVEPOINT and RELEASE, a large share of what a
         # one-transfer job spends in Python (README, "Measured design choices"). Anything but a
         # refusal rolls the transaction back.
         await driver.execute(SAVEPOINT)
         try:
-            await apply_set_based(driver, deltas=plan.deltas, ledger=plan.ledger)
+            await apply_set_based(driver, deltas=plan.deltas, ledger=plan.ledger, job_id=job_id)
         except asyncpg.PostgresError as exc:
             if not _refused(exc):
                 raise
@@ -169,14 +189,18 @@ async def apply_batch(run: JobRun, transfers: Sequence[TransferItem]) -> list[De
         )
 
 
-async def recorded_ids(driver: Any, transfers: Sequence[TransferItem]) -> set[UUID]:
-    """Which of the batch's ids the ledger holds already."""
-    rows = await driver.fetch(RECORDED_IDS, _joined_ids([transfer.id for transfer in transfers]))
-    return {row[0] for row in rows}
+async def recorded_transfers(
+    driver: Any, transfers: Sequence[TransferItem]
+) -> dict[UUID, RecordedTransfer]:
+    """The ledger's rows for the batch's ids: none for new ids, so new batches pay nothing more."""
+    rows = await driver.fetch(RECORDED, _joined_ids([transfer.id for transfer in transfers]))
+    return {row[0]: RecordedTransfer(*row[1:]) for row in rows}
 
 
-async def apply_set_based(driver: Any, *, deltas: dict[int, int], ledger: list[LedgerRow]) -> None:
-    """Write net balance changes and ledger rows in one statement.
+async def apply_set_based(
+    driver: Any, *, deltas: dict[int, int], ledger: list[LedgerRow], job_id: str | None
+) -> None:
+    """Write net balance changes and ledger rows (marked with `job_id`) in one statement.
 
     Ledger rows go in id order so that two jobs carrying the same new ids meet on the ledger's
     key in the same order: one waits for the other instead of both waiting for each other.
@@ -193,6 +217,7 @@ async def apply_set_based(driver: Any, *, deltas: dict[int, int], ledger: list[L
         _joined([row.amount_cents for row in rows]),
         ",".join([row.status for row in rows]),
         [row.reason for row in rows],
+        job_id,
     )
 
 
@@ -215,14 +240,25 @@ async def apply_one_by_one(
     """The same rules, one savepoint per transfer: what the database refuses stays on its own."""
     # Read again: the set-based write may have failed because another job has just recorded some
     # of these ids, and this statement sees what it committed.
-    state = BatchState(accounts=accounts, recorded=await recorded_ids(driver, transfers))
+    job_id = run.job_id or None
+    state = BatchState(
+        accounts=accounts, recorded=await recorded_transfers(driver, transfers), job_id=job_id
+    )
     decisions: list[Decision] = []
     for done, transfer in enumerate(transfers, start=1):
         decision = state.decide(transfer)
-        if decision.status != "duplicate":
-            decision = await record_one(conn=conn, driver=driver, transfer=transfer, want=decision)
-            if decision.status == "duplicate":
-                state.mark_recorded(transfer.id)
+        while decision.writes:
+            written = await record_one(
+                conn=conn, driver=driver, transfer=transfer, want=decision, job_id=job_id
+            )
+            if written is not None:
+                decision = written
+                break
+            # Another job recorded this id a moment ago: its row decides, as in the set-based path.
+            # (A key conflict is raised only once that row is committed, so this read sees it and
+            # the loop ends.)
+            state.learn(await recorded_transfers(driver, [transfer]))
+            decision = state.decide(transfer)
         state.settle(transfer, decision)
         decisions.append(decision)
         await run.progress(transfers_done=done, transfers=len(transfers))
@@ -230,17 +266,26 @@ async def apply_one_by_one(
 
 
 async def record_one(
-    *, conn: AsyncConnection, driver: Any, transfer: TransferItem, want: Decision
-) -> Decision:
-    """Write one transfer in its own savepoint; return the outcome the database accepted."""
+    *,
+    conn: AsyncConnection,
+    driver: Any,
+    transfer: TransferItem,
+    want: Decision,
+    job_id: str | None,
+) -> Decision | None:
+    """Write one transfer in its own savepoint; return the outcome the database accepted.
+
+    None: the ledger holds the id already (another job committed it since it was read).
+    """
     try:
         async with conn.begin_nested():
             deltas = transfer_deltas(transfer) if want.status == "applied" else {}
-            await apply_set_based(driver, deltas=deltas, ledger=[LedgerRow.of(transfer, want)])
+            ledger = [LedgerRow.of(transfer, want)]
+            await apply_set_based(driver, deltas=deltas, ledger=ledger, job_id=job_id)
         return want
     except asyncpg.PostgresError as exc:
         if isinstance(exc, asyncpg.UniqueViolationError) and exc.constraint_name == LEDGER_KEY:
-            return Decision("duplicate", ALREADY_RECORDED)
+            return None
         if want.status != "applied" or not _refused(exc):
             raise
         refused = getattr(exc, "constraint_name", None) or exc.sqlstate
@@ -250,6 +295,7 @@ async def record_one(
         driver=driver,
         transfer=transfer,
         want=Decision("rejected", f"refused by the database: {refused}"),
+        job_id=job_id,
     )
 
 

@@ -1,30 +1,44 @@
 """What a batch of transfers does: pure functions, no I/O.
 
-The job reads the batch's accounts (locked) and the ids already in the ledger, and these rules
-decide, in input order, what happens to each transfer. The set-based path applies a whole plan
-at once; the per-transfer fallback asks the same `BatchState` one transfer at a time, so both
+The job reads the batch's accounts (locked) and the ledger's rows for the batch's ids, and these
+rules decide, in input order, what happens to each transfer. The set-based path applies a whole
+plan at once; the per-transfer fallback asks the same `BatchState` one transfer at a time, so both
 paths give the same outcomes.
 
 A transfer is checked in this order, and the first rule it breaks is its outcome:
 
-1. its id is already in the ledger, or came earlier in this batch: `duplicate`, nothing changes
-   and nothing is recorded;
-2. amount_cents is 0 or negative;
-3. from_account and to_account are the same account;
-4. from_account, then to_account, does not exist;
-5. the two accounts hold different currencies (no conversion rate is known here, so such a
+1. its id came earlier in this batch: `duplicate` (`repeated in this batch`), whatever it
+   carries;
+2. its id is already in the ledger (see below): the ledger's row decides, and this run writes
+   nothing and moves no money for it;
+3. amount_cents is 0 or negative;
+4. from_account and to_account are the same account;
+5. from_account, then to_account, does not exist;
+6. the two accounts hold different currencies (no conversion rate is known here, so such a
    transfer is rejected rather than guessed at);
-6. from_account holds less than amount_cents (balances as left by the transfers before it);
-7. to_account's balance would leave PostgreSQL's bigint range.
+7. from_account holds less than amount_cents (balances as left by the transfers before it);
+8. to_account's balance would leave PostgreSQL's bigint range.
 
-A transfer that breaks rule 2 to 7 is `rejected` with that rule's reason and recorded in the
+A transfer that breaks rule 3 to 8 is `rejected` with that rule's reason and recorded in the
 ledger; one that breaks none is `applied`.
+
+An id the ledger holds (rule 2) is judged against the row recorded for it, which names the job
+that wrote it:
+
+- different accounts or amount: `rejected`, `id reused with different content` (not recorded:
+  the ledger keeps the first);
+- written by this very job (same arq job id: a run that committed, then crashed before arq stored
+  its result, and runs again): the recorded status and reason, as the first run reported them;
+- written by another job: `duplicate`, `already recorded`, with the recorded status and reason
+  alongside (`Decision.recorded`).
+
+Rule 1 comes first and a replayed transfer counts as seen, so a replay repeats the first run's
+`repeated in this batch` outcomes too.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
-from collections.abc import Set as AbstractSet
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Literal, NamedTuple
 from uuid import UUID
@@ -33,9 +47,11 @@ from jobs.models import TransferItem
 from jobs.validation import BIGINT_MAX
 
 Status = Literal["applied", "rejected", "duplicate"]
+RecordedStatus = Literal["applied", "rejected"]
 
 ALREADY_RECORDED = "already recorded"
 REPEATED_IN_BATCH = "repeated in this batch"
+ID_REUSED = "id reused with different content"
 NOT_POSITIVE = "amount_cents: must be greater than 0"
 SAME_ACCOUNT = "to_account: same account as from_account"
 UNKNOWN_FROM = "from_account: unknown account"
@@ -49,15 +65,58 @@ AccountRow = tuple[int, int, str]
 """id, balance_cents, currency: an account as the job reads it."""
 
 
+class Recorded(NamedTuple):
+    """The outcome the ledger holds for an id: its status and reason."""
+
+    status: RecordedStatus
+    reason: str | None
+
+
 @dataclass(frozen=True, slots=True)
 class Decision:
-    """One transfer's outcome and, unless it was applied, why."""
+    """One transfer's outcome and, unless it was applied, why.
+
+    `recorded` is set when the outcome was read from the ledger rather than decided now (a
+    duplicate of another job's transfer, a replay of this job's own, an id reused with different
+    content): such a decision writes nothing and moves no money.
+    """
 
     status: Status
     reason: str | None = None
+    recorded: Recorded | None = None
+
+    @property
+    def writes(self) -> bool:
+        """Whether this run records the transfer in the ledger."""
+        return self.recorded is None and self.status != "duplicate"
 
 
 APPLIED = Decision("applied")
+
+
+class RecordedTransfer(NamedTuple):
+    """A ledger row for one of the batch's ids, as the job reads it back (without the id)."""
+
+    from_account_id: int
+    to_account_id: int
+    amount_cents: int
+    status: RecordedStatus
+    reason: str | None
+    job_id: str | None
+    """The arq job that wrote it (None for rows written before jobs were recorded)."""
+
+    def outcome(self, transfer: TransferItem, *, job_id: str | None) -> Decision:
+        """What `transfer`, carrying this row's id, comes to in job `job_id`."""
+        recorded = Recorded(self.status, self.reason)
+        if (self.from_account_id, self.to_account_id, self.amount_cents) != (
+            transfer.from_account,
+            transfer.to_account,
+            transfer.amount_cents,
+        ):
+            return Decision("rejected", ID_REUSED, recorded)
+        if job_id is not None and self.job_id == job_id:
+            return Decision(self.status, self.reason, recorded)  # this job's own, replayed
+        return Decision("duplicate", ALREADY_RECORDED, recorded)
 
 
 class LedgerRow(NamedTuple):
@@ -73,6 +132,7 @@ class LedgerRow(NamedTuple):
     @classmethod
     def of(cls, transfer: TransferItem, decision: Decision) -> LedgerRow:
         assert decision.status != "duplicate", "a duplicate is never recorded"
+        assert decision.recorded is None, "the ledger holds this id already"
         return cls(
             transfer.id,
             transfer.from_account,
@@ -92,23 +152,34 @@ def transfer_deltas(transfer: TransferItem) -> dict[int, int]:
 
 
 class BatchState:
-    """Balances and recorded ids as a batch is worked through in order.
+    """Balances, the ledger's rows and the ids seen as a batch is worked through in order.
 
     `decide` runs for every transfer of every batch, so it looks each thing up once.
+    `job_id` is the arq job running the batch: the ledger's rows it wrote are its own, replayed.
     """
 
-    def __init__(self, *, accounts: Sequence[AccountRow], recorded: AbstractSet[UUID]) -> None:
+    def __init__(
+        self,
+        *,
+        accounts: Sequence[AccountRow],
+        recorded: Mapping[UUID, RecordedTransfer],
+        job_id: str | None,
+    ) -> None:
         self._balance = {row[0]: row[1] for row in accounts}
         self._currency = {row[0]: row[2] for row in accounts}
         self._initial = dict(self._balance)
-        # id -> why another transfer with this id is a duplicate
-        self._seen = dict.fromkeys(recorded, ALREADY_RECORDED)
+        self._recorded = dict(recorded)
+        self._job_id = job_id or None  # no job id: no run can be this one's replay
+        self._seen: set[UUID] = set()  # ids settled earlier in this batch
 
     def decide(self, transfer: TransferItem) -> Decision:
         """What `transfer` would do now; changes nothing."""
-        seen = self._seen.get(transfer.id)
-        if seen is not None:
-            return Decision("duplicate", seen)
+        if transfer.id in self._seen:
+            return Decision("duplicate", REPEATED_IN_BATCH)
+        if self._recorded:
+            row = self._recorded.get(transfer.id)
+            if row is not None:
+                return row.outcome(transfer, job_id=self._job_id)
         amount = transfer.amount_cents
         if amount <= 0:
             return Decision("rejected", NOT_POSITIVE)
@@ -140,17 +211,20 @@ class BatchState:
         return APPLIED
 
     def settle(self, transfer: TransferItem, decision: Decision) -> None:
-        """Take `decision` as the outcome: record the id and, if applied, move the money."""
+        """Take `decision` as the outcome: mark the id seen and, if applied now, move the money.
+
+        A duplicate leaves the id unseen, so a later sighting is judged the same way.
+        """
         if decision.status == "duplicate":
             return
-        self._seen[transfer.id] = REPEATED_IN_BATCH
-        if decision.status == "applied":
+        self._seen.add(transfer.id)
+        if decision.status == "applied" and decision.recorded is None:
             self._balance[transfer.from_account] -= transfer.amount_cents
             self._balance[transfer.to_account] += transfer.amount_cents
 
-    def mark_recorded(self, transfer_id: UUID) -> None:
-        """The ledger turned out to hold `transfer_id` already (another job recorded it)."""
-        self._seen[transfer_id] = ALREADY_RECORDED
+    def learn(self, recorded: Mapping[UUID, RecordedTransfer]) -> None:
+        """The ledger turned out to hold these rows too (another job recorded them meanwhile)."""
+        self._recorded.update(recorded)
 
     def deltas(self) -> dict[int, int]:
         """Net balance change per account so far, without the accounts left unchanged."""
@@ -189,10 +263,11 @@ def plan_batch(
     transfers: Sequence[TransferItem],
     *,
     accounts: Sequence[AccountRow],
-    recorded: AbstractSet[UUID],
+    recorded: Mapping[UUID, RecordedTransfer],
+    job_id: str | None,
 ) -> BatchPlan:
-    """Decide every transfer in order, given the accounts and the ids already in the ledger."""
-    state = BatchState(accounts=accounts, recorded=recorded)
+    """Decide every transfer in order, given the accounts and the ledger's rows for its ids."""
+    state = BatchState(accounts=accounts, recorded=recorded, job_id=job_id)
     plan = BatchPlan()
     decide, settle = state.decide, state.settle
     decisions, ledger = plan.decisions, plan.ledger
@@ -200,7 +275,7 @@ def plan_batch(
         decision = decide(transfer)
         settle(transfer, decision)
         decisions.append(decision)
-        if decision.status != "duplicate":
+        if decision.recorded is None and decision.status != "duplicate":  # .writes, inlined
             ledger.append(LedgerRow.of(transfer, decision))
     plan.deltas = state.deltas()
     return plan

@@ -1,7 +1,9 @@
-"""`transfer_funds` against real PostgreSQL: outcomes, ledger, balances, atomicity, fallback."""
+"""`transfer_funds` against real PostgreSQL: outcomes, ledger, balances, atomicity, fallback,
+and what a replay of the same job, a later job with the same ids, and a reused id come to."""
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import AsyncIterator, Mapping
 from typing import Any
 from uuid import UUID, uuid4
@@ -19,6 +21,7 @@ from jobs.transfers.job import transfer_funds
 from jobs.transfers.plan import (
     ALREADY_RECORDED,
     BALANCE_OVERFLOW,
+    ID_REUSED,
     NOT_POSITIVE,
     REPEATED_IN_BATCH,
     SAME_ACCOUNT,
@@ -32,6 +35,11 @@ from worker.settings import Settings
 
 Balances = dict[int, int]
 Ledger = dict[UUID, tuple[int, int, int, str, str | None]]
+
+
+def another_job(ctx: dict[str, Any]) -> dict[str, Any]:
+    """`ctx` as arq builds it for another job (its own job id)."""
+    return {**ctx, "job_id": f"test-{uuid.uuid4().hex[:8]}", "job_try": 1}
 
 
 def transfer(source: int, target: int, amount: Any, transfer_id: Any = None) -> dict[str, Any]:
@@ -83,6 +91,11 @@ async def ledger(conn: asyncpg.Connection) -> Ledger:
         "select id, from_account_id, to_account_id, amount_cents, status, reason from transfers"
     )
     return {row[0]: tuple(row[1:]) for row in rows}
+
+
+async def writers(conn: asyncpg.Connection) -> dict[UUID, str | None]:
+    """Which job recorded each ledger row."""
+    return {row[0]: row[1] for row in await conn.fetch("select id, job_id from transfers")}
 
 
 def outcomes(result: dict[str, Any]) -> list[tuple[str, str, str | None]]:
@@ -186,7 +199,7 @@ async def test_an_id_twice_in_a_batch_is_processed_once(
     assert await ledger(observer) == {UUID(first["id"]): (1, 2, 30, "applied", None)}
 
 
-async def test_a_replayed_batch_is_all_duplicate_and_changes_nothing(
+async def test_a_batch_sent_again_by_another_job_is_all_duplicate_and_changes_nothing(
     ctx: dict[str, Any], engine: AsyncEngine, observer: asyncpg.Connection
 ) -> None:
     await seed_accounts(engine, {1: ("EUR", 100), 2: ("EUR", 0)})
@@ -195,19 +208,15 @@ async def test_a_replayed_batch_is_all_duplicate_and_changes_nothing(
     after_first = (await balances(observer), await ledger(observer))
     assert (first["applied"], first["rejected"]) == (2, 1)
 
-    replay = await execute(transfer_funds, ctx, transfers=batch)
+    again = await execute(transfer_funds, another_job(ctx), transfers=batch)
     # A batch overlapping an earlier one: only the new transfer applies.
     new = transfer(1, 2, 5)
-    overlap = await execute(transfer_funds, ctx, transfers=[batch[0], new])
+    overlap = await execute(transfer_funds, another_job(ctx), transfers=[batch[0], new])
 
-    assert replay == {
-        "applied": 0,
-        "rejected": 0,
-        "duplicate": 3,
-        "results": [
-            {"id": t["id"], "status": "duplicate", "reason": ALREADY_RECORDED} for t in batch
-        ],
-    }
+    assert (again["applied"], again["rejected"], again["duplicate"]) == (0, 0, 3)
+    assert [(status, reason) for _, status, reason in outcomes(again)] == [
+        ("duplicate", ALREADY_RECORDED)
+    ] * 3
     assert outcomes(overlap) == [
         (batch[0]["id"], "duplicate", ALREADY_RECORDED),
         (new["id"], "applied", None),
@@ -277,7 +286,8 @@ async def test_a_failure_midway_through_the_fallback_leaves_nothing(
 async def run_batches(
     ctx: dict[str, Any], batches: list[list[dict[str, Any]]]
 ) -> list[dict[str, Any]]:
-    return [await execute(transfer_funds, ctx, transfers=batch) for batch in batches]
+    """Each batch as a job of its own (its own job id)."""
+    return [await execute(transfer_funds, another_job(ctx), transfers=b) for b in batches]
 
 
 async def test_the_fallback_gives_the_same_results_as_the_set_based_path(
@@ -312,9 +322,9 @@ async def test_the_fallback_gives_the_same_results_as_the_set_based_path(
     written = jobs.transfers.job.apply_set_based
     forced = 0
 
-    async def fail_the_batch_write(driver: Any, *, deltas: Any, ledger: Any) -> None:
+    async def fail_the_batch_write(driver: Any, *, ledger: Any, **kwargs: Any) -> None:
         nonlocal forced
-        await written(driver, deltas=deltas, ledger=ledger)
+        await written(driver, ledger=ledger, **kwargs)
         if len(ledger) > 1:  # the batch's write, not a single transfer's
             forced += 1
             await driver.execute("select 1 / 0")
@@ -332,6 +342,9 @@ async def test_the_fallback_gives_the_same_results_as_the_set_based_path(
         "rejected",
         "applied",
     ]
+    assert [(r.get("recorded_status"), r.get("recorded_reason")) for r in set_based[1]["results"]][
+        :2
+    ] == [("applied", None), ("rejected", NOT_POSITIVE)]
 
 
 async def test_a_transfer_the_database_refuses_is_rejected_on_its_own(
@@ -399,3 +412,144 @@ async def test_transfers_run_through_the_real_worker(
         ),
     ]
     assert await balances(observer) == {1: 40, 2: 60}
+
+
+@pytest.mark.parametrize("path", ["set-based", "one by one"])
+async def test_a_replay_of_the_same_job_after_its_commit_returns_what_the_first_run_returned(
+    ctx: dict[str, Any],
+    engine: AsyncEngine,
+    observer: asyncpg.Connection,
+    monkeypatch: pytest.MonkeyPatch,
+    path: str,
+) -> None:
+    """The worker died after the commit, before arq stored the result: arq runs the job again."""
+    await seed_accounts(engine, {1: ("EUR", 100), 2: ("EUR", 0), 3: ("USD", 50)})
+    earlier = transfer(2, 1, 5)
+    await execute(transfer_funds, another_job(ctx), transfers=[earlier])  # rejected: 2 is empty
+    first_of_two = transfer(1, 2, 60)
+    batch = [
+        first_of_two,
+        transfer(1, 2, 60),  # 40 left: rejected
+        transfer(1, 3, 10),  # currency mismatch
+        transfer(2, 1, 1, first_of_two["id"]),  # repeated in this batch
+        earlier,  # another job's: duplicate
+        transfer(2, 1, 20),
+    ]
+    if path == "one by one":
+        written = jobs.transfers.job.apply_set_based
+
+        async def fail_the_batch_write(driver: Any, *, ledger: Any, **kwargs: Any) -> None:
+            await written(driver, ledger=ledger, **kwargs)
+            if len(ledger) > 1:
+                await driver.execute("select 1 / 0")
+
+        monkeypatch.setattr(jobs.transfers.job, "apply_set_based", fail_the_batch_write)
+
+    first = await execute(transfer_funds, ctx, transfers=batch)
+    committed = (await balances(observer), await ledger(observer))
+    replay = await execute(transfer_funds, {**ctx, "job_try": 2}, transfers=batch)
+
+    assert replay == first
+    assert (first["applied"], first["rejected"], first["duplicate"]) == (2, 2, 2)
+    assert outcomes(first) == [
+        (batch[0]["id"], "applied", None),
+        (
+            batch[1]["id"],
+            "rejected",
+            "insufficient funds: from_account holds 40 cents, amount_cents is 60",
+        ),
+        (
+            batch[2]["id"],
+            "rejected",
+            "currency mismatch: from_account holds EUR, to_account holds USD",
+        ),
+        (batch[3]["id"], "duplicate", REPEATED_IN_BATCH),
+        (earlier["id"], "duplicate", ALREADY_RECORDED),
+        (batch[5]["id"], "applied", None),
+    ]
+    assert first["results"][4]["recorded_status"] == "rejected"
+    # The replay wrote nothing and moved nothing.
+    assert (await balances(observer), await ledger(observer)) == committed
+    assert committed[0] == {1: 60, 2: 40, 3: 50}
+    recorded_by = await writers(observer)
+    assert {recorded_by[UUID(batch[i]["id"])] for i in (0, 1, 2, 5)} == {ctx["job_id"]}
+    assert recorded_by[UUID(earlier["id"])] not in (ctx["job_id"], None)
+
+
+async def test_a_later_job_with_the_same_ids_and_content_gets_the_recorded_outcomes(
+    ctx: dict[str, Any], engine: AsyncEngine, observer: asyncpg.Connection
+) -> None:
+    await seed_accounts(engine, {1: ("EUR", 100), 2: ("EUR", 0)})
+    batch = [transfer(1, 2, 70), transfer(1, 2, 70), transfer(1, 2, 0)]
+    first = await execute(transfer_funds, ctx, transfers=batch)
+    assert (first["applied"], first["rejected"]) == (1, 2)
+    committed = (await balances(observer), await ledger(observer))
+
+    later = await execute(transfer_funds, another_job(ctx), transfers=batch)
+
+    short = "insufficient funds: from_account holds 30 cents, amount_cents is 70"
+    assert later == {
+        "applied": 0,
+        "rejected": 0,
+        "duplicate": 3,
+        "results": [
+            {
+                "id": batch[0]["id"],
+                "status": "duplicate",
+                "reason": ALREADY_RECORDED,
+                "recorded_status": "applied",
+            },
+            {
+                "id": batch[1]["id"],
+                "status": "duplicate",
+                "reason": ALREADY_RECORDED,
+                "recorded_status": "rejected",
+                "recorded_reason": short,
+            },
+            {
+                "id": batch[2]["id"],
+                "status": "duplicate",
+                "reason": ALREADY_RECORDED,
+                "recorded_status": "rejected",
+                "recorded_reason": NOT_POSITIVE,
+            },
+        ],
+    }
+    assert (await balances(observer), await ledger(observer)) == committed
+    assert set((await writers(observer)).values()) == {ctx["job_id"]}
+
+
+async def test_the_same_id_with_other_content_is_rejected_and_nothing_is_written(
+    ctx: dict[str, Any], engine: AsyncEngine, observer: asyncpg.Connection
+) -> None:
+    await seed_accounts(engine, {1: ("EUR", 100), 2: ("EUR", 0), 3: ("EUR", 0)})
+    recorded = [transfer(1, 2, 30), transfer(1, 2, 0), transfer(1, 2, 10)]
+    await execute(transfer_funds, ctx, transfers=recorded)
+    committed = (await balances(observer), await ledger(observer), await writers(observer))
+    assert committed[0] == {1: 60, 2: 40, 3: 0}
+
+    fresh = transfer(1, 3, 5)
+    reused = [
+        {**recorded[0], "amount_cents": 31},
+        {**recorded[1], "to_account": 3},
+        {**recorded[2], "from_account": 3, "to_account": 1},
+        fresh,
+    ]
+    later = await execute(transfer_funds, another_job(ctx), transfers=reused)
+    # Even under the job id that recorded them: other content is no replay.
+    same_job = await execute(
+        transfer_funds, {**ctx, "job_try": 2}, transfers=[{**recorded[0], "to_account": 3}]
+    )
+
+    assert outcomes(later) == [
+        (recorded[0]["id"], "rejected", ID_REUSED),
+        (recorded[1]["id"], "rejected", ID_REUSED),
+        (recorded[2]["id"], "rejected", ID_REUSED),
+        (fresh["id"], "applied", None),
+    ]
+    assert (later["applied"], later["rejected"], later["duplicate"]) == (1, 3, 0)
+    assert outcomes(same_job) == [(recorded[0]["id"], "rejected", ID_REUSED)]
+    # Only the fresh transfer was written; the reused ids' rows are as first recorded.
+    assert await balances(observer) == {1: 55, 2: 40, 3: 5}
+    assert await ledger(observer) == committed[1] | {UUID(fresh["id"]): (1, 3, 5, "applied", None)}
+    assert {k: v for k, v in (await writers(observer)).items() if k in committed[2]} == committed[2]

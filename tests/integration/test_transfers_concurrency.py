@@ -1,4 +1,8 @@
-"""`transfer_funds` jobs running at the same time: no deadlock, no double spend, no lost money."""
+"""`transfer_funds` jobs running at the same time: no deadlock, no double spend, no lost money.
+
+Each job runs under its own arq job id (`another_job`) unless a test says otherwise: two runs of
+one job id are a replay, which reports what the first run recorded.
+"""
 
 from __future__ import annotations
 
@@ -14,10 +18,19 @@ import pytest
 from sqlalchemy.ext.asyncio import AsyncEngine
 from structlog.testing import capture_logs
 
+import jobs.transfers.job
 from jobs.models import TransferItem
 from jobs.transfers.job import LARGE_BATCH_ACCOUNTS, LARGE_BATCH_LOCK, transfer_funds
-from jobs.transfers.plan import ALREADY_RECORDED, accounts_to_lock
-from tests.integration.test_transfers import balances, connect, ledger, seed_accounts, transfer
+from jobs.transfers.plan import ALREADY_RECORDED, ID_REUSED, accounts_to_lock
+from tests.integration.test_transfers import (
+    another_job,
+    balances,
+    connect,
+    ledger,
+    seed_accounts,
+    transfer,
+    writers,
+)
 from worker.runner import execute
 
 
@@ -66,7 +79,7 @@ async def test_concurrent_overlapping_batches_and_replays_keep_every_invariant(
 
     # Every batch twice, all at once: the replays race the originals.
     results = await asyncio.gather(
-        *(execute(transfer_funds, ctx, transfers=batch) for batch in batches + batches)
+        *(execute(transfer_funds, another_job(ctx), transfers=batch) for batch in batches + batches)
     )
 
     final = await balances(observer)
@@ -78,11 +91,16 @@ async def test_concurrent_overlapping_batches_and_replays_keep_every_invariant(
     for batch, result in zip(batches + batches, results, strict=True):
         assert [r["id"] for r in result["results"]] == [t["id"] for t in batch]
         for outcome in result["results"]:
+            status, reason = recorded[UUID(outcome["id"])][3:]
             if outcome["status"] == "duplicate":
                 assert outcome["reason"] == ALREADY_RECORDED
+                # The id's recorded outcome, whichever job recorded it.
+                assert (outcome["recorded_status"], outcome.get("recorded_reason")) == (
+                    status,
+                    reason,
+                )
             else:
                 counted[outcome["id"]] += 1
-                status, reason = recorded[UUID(outcome["id"])][3:]
                 assert (outcome["status"], outcome["reason"]) == (status, reason)
     all_ids = {t["id"] for batch in batches for t in batch}
     assert counted == Counter(all_ids)
@@ -99,42 +117,88 @@ async def test_concurrent_overlapping_batches_and_replays_keep_every_invariant(
     )
 
 
-async def test_an_id_another_job_records_meanwhile_is_a_duplicate(
+async def test_ids_another_job_records_meanwhile_are_judged_by_its_rows(
     ctx: dict[str, Any],
     engine: AsyncEngine,
     observer: asyncpg.Connection,
     database_url: str,
 ) -> None:
-    """The batch's insert meets another job's row on the ledger key: it falls back and sees it."""
+    """The batch's insert meets another job's rows on the ledger key: it falls back, reads them.
+
+    One carries the same content (a duplicate, with that job's outcome), one other accounts (the
+    id reused with different content: rejected, and the other job's row stays).
+    """
     await seed_accounts(engine, {1: ("EUR", 100), 2: ("EUR", 0), 3: ("EUR", 0)})
-    taken = transfer(1, 2, 10)
-    batch = [taken, transfer(1, 2, 20)]
+    same, reused = transfer(1, 2, 10), transfer(1, 2, 15)
+    batch = [same, reused, transfer(1, 2, 20)]
     other = await connect(database_url)
     try:
         with capture_logs() as logs:
             async with other.transaction():
-                # Another job records the same id for other accounts, and has not committed yet.
-                await other.execute(
+                # Another job records the two ids, and has not committed yet.
+                await other.executemany(
                     "insert into transfers"
-                    " (id, from_account_id, to_account_id, amount_cents, status)"
-                    " values ($1, 3, 1, 10, 'rejected')",
-                    UUID(taken["id"]),
+                    " (id, from_account_id, to_account_id, amount_cents, status, reason, job_id)"
+                    " values ($1, $2, $3, $4, 'rejected', 'why', 'other-job')",
+                    [(UUID(same["id"]), 1, 2, 10), (UUID(reused["id"]), 3, 1, 15)],
                 )
-                job = asyncio.create_task(execute(transfer_funds, ctx, transfers=batch))
+                job = asyncio.create_task(
+                    execute(transfer_funds, another_job(ctx), transfers=batch)
+                )
                 await wait_for_lock_wait(observer)  # the job's insert waits on the ledger key
             result = await job
     finally:
         await other.close()
 
     assert result["results"] == [
-        {"id": taken["id"], "status": "duplicate", "reason": ALREADY_RECORDED},
-        {"id": batch[1]["id"], "status": "applied", "reason": None},
+        {
+            "id": same["id"],
+            "status": "duplicate",
+            "reason": ALREADY_RECORDED,
+            "recorded_status": "rejected",
+            "recorded_reason": "why",
+        },
+        {"id": reused["id"], "status": "rejected", "reason": ID_REUSED},
+        {"id": batch[2]["id"], "status": "applied", "reason": None},
     ]
     assert [entry["event"] for entry in logs if entry["log_level"] == "warning"] == [
         "transfers.fallback"
     ]
     assert await balances(observer) == {1: 80, 2: 20, 3: 0}
-    assert (await ledger(observer))[UUID(taken["id"])] == (3, 1, 10, "rejected", None)
+    recorded = await ledger(observer)
+    assert recorded[UUID(same["id"])] == (1, 2, 10, "rejected", "why")
+    assert recorded[UUID(reused["id"])] == (3, 1, 15, "rejected", "why")
+
+
+async def test_an_id_recorded_between_the_fallback_read_and_its_write_is_judged_by_that_row(
+    ctx: dict[str, Any],
+    engine: AsyncEngine,
+    observer: asyncpg.Connection,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The one-by-one write meets the ledger key: it reads that one row and asks the rules."""
+    await seed_accounts(engine, {1: ("EUR", 100), 2: ("EUR", 0)})
+    taken = transfer(1, 2, 10)
+    await execute(transfer_funds, another_job(ctx), transfers=[taken])
+    read = jobs.transfers.job.recorded_transfers
+
+    async def miss_it_for_the_batch(driver: Any, transfers: Any) -> Any:
+        # As if the other job committed just after each read of the whole batch.
+        return {} if len(transfers) > 1 else await read(driver, transfers)
+
+    monkeypatch.setattr(jobs.transfers.job, "recorded_transfers", miss_it_for_the_batch)
+    batch = [transfer(1, 2, 5), taken]
+    with capture_logs() as logs:
+        result = await execute(transfer_funds, another_job(ctx), transfers=batch)
+
+    assert [(r["status"], r["reason"], r.get("recorded_status")) for r in result["results"]] == [
+        ("applied", None, None),
+        ("duplicate", ALREADY_RECORDED, "applied"),
+    ]
+    assert [entry["event"] for entry in logs if entry["log_level"] == "warning"] == [
+        "transfers.fallback"
+    ]
+    assert await balances(observer) == {1: 85, 2: 15}
 
 
 async def test_a_deadlock_is_retried_and_the_job_succeeds(
@@ -175,13 +239,29 @@ async def test_a_replay_waiting_for_the_original_finds_everything_recorded(
     batch = [transfer(1, 2, 1) for _ in range(100)] + [transfer(2, 1, 0, uuid4())]
     with capture_logs() as logs:
         first, replay = await asyncio.gather(
-            execute(transfer_funds, ctx, transfers=batch),
-            execute(transfer_funds, ctx, transfers=batch),
+            execute(transfer_funds, another_job(ctx), transfers=batch),
+            execute(transfer_funds, another_job(ctx), transfers=batch),
         )
     assert sorted([first["duplicate"], replay["duplicate"]]) == [0, 101]
     assert sorted([first["applied"], replay["applied"]]) == [0, 100]
     assert not [entry for entry in logs if entry["log_level"] == "warning"]
     assert await balances(observer) == {1: 900, 2: 100}
+
+
+async def test_the_same_job_run_twice_at_once_reports_one_outcome_twice(
+    ctx: dict[str, Any], engine: AsyncEngine, observer: asyncpg.Connection
+) -> None:
+    """A stalled worker's job, run again by another worker under the same job id meanwhile."""
+    await seed_accounts(engine, {1: ("EUR", 1_000), 2: ("EUR", 0)})
+    batch = [transfer(1, 2, 1) for _ in range(100)] + [transfer(2, 1, 0)]
+    first, second = await asyncio.gather(
+        execute(transfer_funds, ctx, transfers=batch),
+        execute(transfer_funds, {**ctx, "job_try": 2}, transfers=batch),
+    )
+    assert first == second
+    assert (first["applied"], first["rejected"], first["duplicate"]) == (100, 1, 0)
+    assert await balances(observer) == {1: 900, 2: 100}
+    assert set((await writers(observer)).values()) == {ctx["job_id"]}
 
 
 async def test_large_batches_queue_before_locking_and_small_ones_do_not(
