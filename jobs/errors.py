@@ -161,6 +161,12 @@ def is_transient(exc: BaseException) -> bool:
     return any(_is_lost_connection(e) for e in _cause_chain(exc))
 
 
+def is_expected(exc: BaseException | None) -> bool:
+    """True for a failure the job's input explains (payload, file, rows, its time limit): a
+    permanent error other than UnexpectedError. Logged as a warning, never with a traceback."""
+    return isinstance(exc, PermanentError) and not isinstance(exc, UnexpectedError)
+
+
 def describe(exc: BaseException) -> str:
     """One line saying what went wrong, for logs, the CLI and the error kept in Redis.
 

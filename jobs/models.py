@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import functools
+import operator
+import re
 from collections.abc import Callable
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 from uuid import UUID
 
@@ -14,6 +17,8 @@ from pydantic import (
     Field,
     StrictBool,
     StrictInt,
+    StrictStr,
+    ValidationInfo,
     field_validator,
 )
 
@@ -94,13 +99,41 @@ class UpsertResult(BaseModel):
     rejects: list[RowReject]
 
 
+FEED_NAME = re.compile(r"[a-z0-9][a-z0-9_-]{0,63}")
+SINCE_RANGE = "Input should be between 0001-01-01T00:00:00Z and 9999-12-31T23:59:59Z"
+# A year of five or more digits, a signed year, or year 0: valid ISO-8601 forms out of range.
+_YEAR_OUT_OF_RANGE = re.compile(r"\s*(?:[+-]\d|\d{5}|0000\D|0000$)")
+
+
+def _feed_name(name: str) -> str:
+    if not FEED_NAME.fullmatch(name):
+        raise ValueError(
+            "a feed name is 1 to 64 characters from a-z, 0-9, _ and -, "
+            "starting with a letter or a digit"
+        )
+    return name
+
+
+FeedName = Annotated[StrictStr, AfterValidator(_feed_name)]
+
+
 class ExportPayload(Payload):
-    """`export_dataset`: stream a dataset to a file under the export dir."""
+    """`export_dataset`: stream a dataset to a file under the export dir.
+
+    With `incremental`, the export is the next one of that named feed: the first holds every
+    row, each later one the rows inserted or updated since the feed's previous export was taken,
+    by any writer (plain SQL too), however long their transactions ran. Deletes are not
+    carried: a deleted row is simply absent from later files. A feed follows one dataset.
+    """
 
     dataset: DatasetName
     format: Literal["csv", "jsonl"] = "csv"
     compress: StrictBool = False
     since: datetime | None = None
+    """Only rows whose timestamp is later; set from the writing transaction's start time (and
+    not by plain SQL updates), so an export can miss rows: `incremental` does not."""
+    incremental: FeedName | None = None
+    """The feed's name; its cursor is stored in the database (table export_feeds)."""
 
     @field_validator("since", mode="before")
     @classmethod
@@ -111,12 +144,47 @@ class ExportPayload(Payload):
             try:
                 return datetime.fromisoformat(value)
             except ValueError:
+                if _YEAR_OUT_OF_RANGE.match(value):
+                    raise ValueError(SINCE_RANGE) from None
                 raise ValueError(
                     "Input should be a valid datetime in ISO-8601 form, e.g. 2026-11-21T00:00:00Z"
                 ) from None
         if isinstance(value, int | float):
             raise ValueError("Input should be a valid datetime as an ISO-8601 string, not a number")
         return value
+
+    @field_validator("since")
+    @classmethod
+    def _in_range(cls, value: datetime | None) -> datetime | None:
+        # 0001-01-01T00:00:00+05:00 is a valid datetime whose UTC time is not: the driver failed
+        # on it in the worker. Every time Python holds in UTC, PostgreSQL holds too.
+        if value is not None and value.tzinfo is not None:
+            try:
+                value.astimezone(UTC)
+            except OverflowError:
+                raise ValueError(SINCE_RANGE) from None
+        return value
+
+    @field_validator("incremental")
+    @classmethod
+    def _not_with_since(cls, value: str | None, info: ValidationInfo) -> str | None:
+        if value is not None and info.data.get("since") is not None:
+            raise ValueError(
+                "cannot be combined with since: an incremental export starts where its feed's "
+                "previous export ended; give one or the other"
+            )
+        return value
+
+
+class FeedExport(BaseModel):
+    """Where an incremental export stands in its feed."""
+
+    feed: str
+    export: int
+    """The export's number in the feed, 1 for the first."""
+    complete: bool
+    """True when the file holds every row, not only the changes: a feed's first export, or one
+    whose stored cursor could not be used (xids.usable_cursor)."""
 
 
 class ExportResult(BaseModel):
@@ -127,6 +195,7 @@ class ExportResult(BaseModel):
     sha256: str
     format: str
     compressed: bool
+    incremental: FeedExport | None = None
 
 
 class TransferItem(Payload):
@@ -151,13 +220,39 @@ class TransferPayload(Payload):
         return transfers
 
 
+# Left out of the JSON when None. `is_(None, value)` runs in C: about 0.1 ms per 1,000 outcomes
+# (a Python predicate 0.2 ms, a wrap model_serializer 1.1 ms).
+_OMITTED_IF_NONE = Field(exclude_if=functools.partial(operator.is_, None))
+
+
 class TransferOutcome(BaseModel):
+    """One transfer's outcome, in input order.
+
+    - `applied` (reason None) or `rejected` with the reason of the rule it broke. The same id
+      sent again with other accounts or amount is rejected as `id reused with different
+      content`, and nothing is written.
+    - `duplicate`: the id came earlier in the batch (`repeated in this batch`) or another job
+      recorded it (`already recorded`); for the latter, `recorded_status` and
+      `recorded_reason` tell what the ledger holds for it (`applied`/None, or `rejected` and
+      why). Nothing is applied again.
+
+    A run of the same job again (same arq job id, after a crash between its commit and arq
+    storing its result) reports every transfer exactly as the first run did, from the ledger.
+    `recorded_status` and `recorded_reason` appear in the JSON only when set, so outcomes without
+    them look as they always did.
+    """
+
     id: UUID
     status: Literal["applied", "rejected", "duplicate"]
     reason: str | None = None
+    recorded_status: Annotated[Literal["applied", "rejected"] | None, _OMITTED_IF_NONE] = None
+    recorded_reason: Annotated[str | None, _OMITTED_IF_NONE] = None
 
 
 class TransferResult(BaseModel):
+    """`transfer_funds`: how many transfers were applied, rejected and duplicate, and each one's
+    outcome in input order. A replay of the same job returns what its first run returned."""
+
     applied: int
     rejected: int
     duplicate: int
@@ -167,3 +262,21 @@ class TransferResult(BaseModel):
 class NightlyResult(BaseModel):
     exports: list[ExportResult]
     deleted: list[str]
+
+    def log_fields(self) -> dict[str, Any]:
+        """For the canonical line: totals, each dataset's rows, bytes and file, what was deleted."""
+        out: dict[str, Any] = {
+            "datasets": [export.dataset for export in self.exports],
+            "rows": sum(export.rows for export in self.exports),
+            "bytes": sum(export.bytes for export in self.exports),
+        }
+        for export in self.exports:
+            out.update(
+                {
+                    f"{export.dataset}_rows": export.rows,
+                    f"{export.dataset}_bytes": export.bytes,
+                    f"{export.dataset}_path": export.path,
+                }
+            )
+        out.update(deleted=self.deleted, deleted_count=len(self.deleted))
+        return out

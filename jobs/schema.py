@@ -118,6 +118,10 @@ class Transfer(CreatedAtMixin, Base):
     amount_cents: Mapped[int] = mapped_column(BigInteger)
     status: Mapped[str] = mapped_column(String(16))
     reason: Mapped[str | None] = mapped_column(Text)
+    # The arq job that recorded the row: a job run again after its commit (crashed before arq
+    # stored its result) finds its own rows and reports them as it did; another job's are
+    # duplicates. Read by primary key with the row, so it needs no index.
+    job_id: Mapped[str | None] = mapped_column(Text)
 
     __table_args__ = (
         CheckConstraint("status in ('applied', 'rejected')", name="status_known"),
@@ -162,7 +166,36 @@ class ImportReject(CreatedAtMixin, Base):
     reason: Mapped[str] = mapped_column(Text)
     raw_line: Mapped[str] = mapped_column(Text)
 
-    __table_args__ = (Index("ix_import_rejects_import_id", "import_id"),)
+    # Keyset pages of an import's rejects read it from the cursor on (jobs/imports/quarantine.py);
+    # built CONCURRENTLY by revision 0004, which dropped the import_id-only index it replaces.
+    __table_args__ = (Index("ix_import_rejects_import_id_line_number", "import_id", "line_number"),)
+
+
+class ExportFeed(Base):
+    """A named incremental export (`export_dataset(..., incremental=name)`) and its cursor.
+
+    Each export of a feed holds the rows of its dataset inserted or updated since the feed's
+    previous export, by any writer; the first holds them all. `cursor` is a pg_snapshot (as
+    text) that sees no transaction the last export's snapshot did not see: the rows written by
+    transactions it does not see are the next export's (jobs/exports/xids.py). It is advanced
+    in the export's own transaction, once the file is in place, so a failed export leaves it.
+    Deletes are not carried: a deleted row simply stops appearing, and no file says so.
+    """
+
+    __tablename__ = "export_feeds"
+
+    name: Mapped[str] = mapped_column(Text, primary_key=True)
+    dataset: Mapped[str] = mapped_column(Text)
+    """The dataset the feed follows, fixed by its first export."""
+    cursor: Mapped[str] = mapped_column(Text)
+    exports: Mapped[int] = mapped_column(BigInteger)
+    """How many exports of the feed were taken."""
+    exported_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    """The database clock when the last export's snapshot was taken."""
+    file: Mapped[str] = mapped_column(Text)
+    job_id: Mapped[str] = mapped_column(Text)
+
+    __table_args__ = (CheckConstraint("name ~ '^[a-z0-9][a-z0-9_-]{0,63}$'", name="name_pattern"),)
 
 
 metadata = Base.metadata
@@ -173,3 +206,4 @@ accounts: Table = Account.__table__  # type: ignore[assignment]
 transfers: Table = Transfer.__table__  # type: ignore[assignment]
 import_runs: Table = ImportRun.__table__  # type: ignore[assignment]
 import_rejects: Table = ImportReject.__table__  # type: ignore[assignment]
+export_feeds: Table = ExportFeed.__table__  # type: ignore[assignment]

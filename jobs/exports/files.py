@@ -3,6 +3,10 @@
 A reader never sees half an export: the bytes go to a hidden temp file in the same directory
 (so the rename stays on one filesystem and is atomic), which is fsynced before the rename and
 whose directory is fsynced after it. A failure removes the temp file.
+
+Several files are published together by writing each under its temp name first and renaming
+them only once all are written (jobs/exports/staging.py): `publish()` then `withdraw()` undoes a
+rename when a later one fails.
 """
 
 from __future__ import annotations
@@ -17,6 +21,8 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
+from jobs.errors import PermanentError
+
 FILE_MODE = 0o640
 DIR_MODE = 0o750
 # Blocks this large keep the per-block costs (thread hand-off, syscalls) negligible, and the
@@ -27,6 +33,10 @@ BLOCK_BYTES = 1 << 20
 GZIP_LEVEL = 1
 _GZIP_WBITS = 16 + zlib.MAX_WBITS  # a gzip header and trailer, as `gzip -d` expects
 TEMP_SUFFIX = ".tmp"
+
+
+class ExportFileError(PermanentError):
+    """An export file could not be written; no file of the export was published."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,8 +73,14 @@ def _fsync_directory(path: Path) -> None:
         os.close(fd)
 
 
+def _unlink_durably(path: Path) -> None:
+    path.unlink(missing_ok=True)
+    _fsync_directory(path.parent)
+
+
 class StagedFile:
-    """A file being written under a temp name; `finish()`, then `publish()` or `discard()`.
+    """A file being written under a temp name; `finish()`, then `publish()` or `discard()`;
+    `withdraw()` takes a published file back.
 
     `write()` collects bytes into blocks and hands each block to this file's writer thread,
     which compresses, hashes and writes it while the event loop receives the next block: zlib,
@@ -90,6 +106,7 @@ class StagedFile:
         self._pending: Future[None] | None = None
         self._finished = False
         self._done = False
+        self._published = False
 
     async def write(self, data: bytes | bytearray | memoryview) -> None:
         self._buffer += data
@@ -114,8 +131,16 @@ class StagedFile:
         if not self._finished:
             raise RuntimeError("publish() before finish()")
         await asyncio.wrap_future(self._writer.submit(self._rename))
-        self._done = True
+        self._done = self._published = True
         self._writer.shutdown(wait=False)
+
+    async def withdraw(self) -> None:
+        """Remove a published file from its final name, durably; otherwise as `discard()`."""
+        if not self._published:
+            await self.discard()
+            return
+        self._published = False
+        await asyncio.to_thread(_unlink_durably, self.final)
 
     async def discard(self) -> None:
         """Remove the temp file; a no-op once published. Safe to call more than once."""
@@ -164,16 +189,3 @@ class StagedFile:
             self._fd = None
         with contextlib.suppress(FileNotFoundError):
             os.unlink(self.temp)
-
-
-async def write_file_atomically(final: Path, data: bytes) -> FileDigest:
-    """`data` under `final`, whole or not at all (manifests and other small files)."""
-    staged = StagedFile(final, compress=False)
-    try:
-        await staged.write(data)
-        digest = await staged.finish()
-        await staged.publish()
-    except BaseException:
-        await staged.discard()
-        raise
-    return digest

@@ -1,33 +1,25 @@
 """`export_dataset`: a dataset streamed from one snapshot to a file under the export dir.
 
-The file is `<export dir>/<dataset>/<prefix><dataset>-<UTC snapshot time>-<job tag>.<ext>` with
-ext csv, jsonl, csv.gz or jsonl.gz (names sort by time). It is written under a temp name and
-renamed into place when complete; its `<file>.manifest.json` is written the same way just after
-it, so a manifest's presence means its file is complete.
+The file and its manifest are written under temp names and renamed into place once complete
+(jobs/exports/staging.py names them). With `incremental`, the export holds the rows written
+since the feed's previous export and advances the feed (jobs/exports/feeds.py).
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
-import re
-import secrets
 from collections.abc import Sequence
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Literal
 
-from jobs.exports.files import StagedFile, ensure_directory, write_file_atomically
-from jobs.exports.stream import Snapshot, copy_csv, snapshot, stream_jsonl
+from jobs.errors import describe, is_transient
+from jobs.exports.feeds import Cursor, FeedPosition, advance_feed, open_feed, take_cursor
+from jobs.exports.files import ExportFileError, ensure_directory
+from jobs.exports.staging import ExportFormat, StagedExport, publish_all, stage_export
+from jobs.exports.stream import Snapshot, snapshot
 from jobs.models import ExportPayload, ExportResult
 from jobs.paths import resolve_inside
 from jobs.registry import Dataset, get_dataset
 from jobs.spec import JobRun, etl_job
-
-ExportFormat = Literal["csv", "jsonl"]
-MANIFEST_SUFFIX = ".manifest.json"
-_HEX_ID = re.compile(r"[0-9a-f]{8,}")
 
 
 def as_utc(value: datetime | None) -> datetime | None:
@@ -35,26 +27,6 @@ def as_utc(value: datetime | None) -> datetime | None:
     if value is None or value.tzinfo is not None:
         return value
     return value.replace(tzinfo=UTC)
-
-
-def job_tag(job_id: str) -> str:
-    """Eight hex characters naming the job in file names: arq's own id prefix, or a hash of it."""
-    if not job_id:
-        return secrets.token_hex(4)
-    if _HEX_ID.fullmatch(job_id):
-        return job_id[:8]
-    return hashlib.sha256(job_id.encode()).hexdigest()[:8]
-
-
-def export_file_name(
-    *, dataset: str, fmt: ExportFormat, compress: bool, taken_at: datetime, tag: str, prefix: str
-) -> str:
-    stamp = taken_at.astimezone(UTC).strftime("%Y%m%dT%H%M%S.%f")[:-3] + "Z"
-    return f"{prefix}{dataset}-{stamp}-{tag}.{fmt}{'.gz' if compress else ''}"
-
-
-def manifest_path(export_file: Path) -> Path:
-    return export_file.with_name(export_file.name + MANIFEST_SUFFIX)
 
 
 def dataset_directory(export_dir: Path, dataset: Dataset) -> Path:
@@ -65,88 +37,13 @@ def dataset_directory(export_dir: Path, dataset: Dataset) -> Path:
     return directory
 
 
-@dataclass
-class StagedExport:
-    """An export written under its temp name, waiting to be renamed into place."""
-
-    file: StagedFile
-    manifest: dict[str, Any]
-    result: ExportResult
-
-    async def publish(self) -> ExportResult:
-        await self.file.publish()
-        final = self.file.final
-        text = json.dumps(self.manifest, indent=2) + "\n"
-        try:
-            await write_file_atomically(manifest_path(final), text.encode())
-        except BaseException:
-            # A file without its manifest would look unfinished to readers that wait for one.
-            final.unlink(missing_ok=True)
-            raise
-        return self.result
-
-    async def discard(self) -> None:
-        await self.file.discard()
-
-
-async def stage_export(
-    run: JobRun,
-    snap: Snapshot,
-    *,
-    dataset: Dataset,
-    directory: Path,
-    fmt: ExportFormat,
-    compress: bool,
-    since: datetime | None,
-    prefix: str,
-) -> StagedExport:
-    """Write the dataset under a temp name beside its final name; the temp goes on failure."""
-    name = export_file_name(
-        dataset=dataset.name,
-        fmt=fmt,
-        compress=compress,
-        taken_at=snap.taken_at,
-        tag=job_tag(run.job_id),
-        prefix=prefix,
-    )
-    staged = StagedFile(directory / name, compress=compress)
-
-    async def progress(rows: int) -> None:
-        await run.progress(rows=rows)
-
-    try:
-        await run.progress(rows=0)
-        stream = copy_csv if fmt == "csv" else stream_jsonl
-        rows = await stream(
-            snap, dataset=dataset, since=since, sink=staged.write, progress=progress
+def _failure(exc: BaseException, *, step: str) -> BaseException:
+    """A file system error as one line saying what failed and that nothing was published."""
+    if isinstance(exc, OSError) and not is_transient(exc):
+        return ExportFileError(
+            f"export failed {step}; no file of this export was published: {describe(exc)}"
         )
-        digest = await staged.finish()
-    except BaseException:
-        await staged.discard()
-        raise
-    result = ExportResult(
-        dataset=dataset.name,
-        path=str(staged.final),
-        rows=rows,
-        bytes=digest.bytes,
-        sha256=digest.sha256,
-        format=fmt,
-        compressed=compress,
-    )
-    manifest = {
-        "dataset": dataset.name,
-        "file": name,
-        "format": fmt,
-        "compressed": compress,
-        "columns": list(dataset.export_columns),
-        "rows": rows,
-        "bytes": digest.bytes,
-        "sha256": digest.sha256,
-        "since": since.isoformat() if since else None,
-        "snapshot_at": snap.taken_at.astimezone(UTC).isoformat(),
-        "job_id": run.job_id,
-    }
-    return StagedExport(file=staged, manifest=manifest, result=result)
+    return exc
 
 
 async def export_datasets(
@@ -157,18 +54,29 @@ async def export_datasets(
     compress: bool,
     since: datetime | None,
     prefix: str = "",
+    feed: str | None = None,
 ) -> list[ExportResult]:
     """Export each dataset from one snapshot; the files appear only once all of them are written.
 
     One snapshot makes the files agree with each other (every account's customer is in the
-    customers file). A failure leaves none of them, and no temp file, behind.
+    customers file). A failure leaves none of them, and no temp file, behind. With `feed` (one
+    dataset only), the export is the feed's next one: published before its transaction commits,
+    so that the feed advances only if the file is in place (jobs/exports/feeds.py).
     """
     export_dir = run.config.export_dir
     directories = [dataset_directory(export_dir, dataset) for dataset in datasets]
     staged: list[StagedExport] = []
+    step = "before writing"
     try:
-        async with snapshot(run.sessionmaker) as snap:
+        first = None if feed is None else take_cursor
+        async with snapshot(run.sessionmaker, read_only=feed is None, first=first) as snap:
+            position = None
+            if feed is not None:
+                assert isinstance(snap.opening, Cursor)
+                (dataset,) = datasets
+                position = await open_feed(snap.conn, snap.opening, name=feed, dataset=dataset.name)
             for dataset, directory in zip(datasets, directories, strict=True):
+                step = f"while writing {dataset.name}"
                 staged.append(
                     await stage_export(
                         run,
@@ -178,14 +86,35 @@ async def export_datasets(
                         fmt=fmt,
                         compress=compress,
                         since=since,
+                        position=position,
                         prefix=prefix,
                     )
                 )
-        return [await export.publish() for export in staged]
-    except BaseException:
+            step = "while publishing"
+            if position is not None:
+                return await _publish_with_feed(run, snap, position, staged)
+        return await publish_all(staged)
+    except BaseException as exc:
         for export in staged:
-            await export.discard()
-        raise
+            await export.discard()  # a no-op for published files
+        failure = _failure(exc, step=step)
+        if failure is exc:
+            raise
+        raise failure from exc
+
+
+async def _publish_with_feed(
+    run: JobRun, snap: Snapshot, position: FeedPosition, staged: list[StagedExport]
+) -> list[ExportResult]:
+    (export,) = staged
+    await advance_feed(
+        snap.conn,
+        position,
+        taken_at=snap.taken_at,
+        file=export.file.final.name,
+        job_id=run.job_id,
+    )
+    return await publish_all(staged)
 
 
 @etl_job(name="export_dataset", payload=ExportPayload, result=ExportResult, timeout_s=3600)
@@ -197,5 +126,6 @@ async def export_dataset(run: JobRun, payload: ExportPayload) -> ExportResult:
         fmt=payload.format,
         compress=payload.compress,
         since=as_utc(payload.since),
+        feed=payload.incremental,
     )
     return result

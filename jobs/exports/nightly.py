@@ -42,7 +42,11 @@ def nightly_datasets(configured: Sequence[str]) -> list[Dataset]:
 
 @etl_job(name="nightly_export", payload=NightlyPayload, result=NightlyResult, timeout_s=3600)
 async def nightly_export(run: JobRun, payload: NightlyPayload) -> NightlyResult:
-    """Export each nightly dataset from one snapshot, then keep only the newest files of each."""
+    """Export each nightly dataset from one snapshot, then keep only the newest files of each.
+
+    A tick publishes all its files or none: each is written under a temp name, and they are
+    renamed into place only once every one of them is complete (staging.publish_all).
+    """
     datasets = nightly_datasets(run.config.nightly_datasets)
     exports = await export_datasets(
         run, datasets=datasets, fmt="csv", compress=True, since=None, prefix=NIGHTLY_PREFIX

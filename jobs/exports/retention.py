@@ -14,7 +14,7 @@ from pathlib import Path
 import structlog
 
 from jobs.exports.files import TEMP_SUFFIX
-from jobs.exports.job import manifest_path
+from jobs.exports.staging import manifest_path
 
 log = structlog.get_logger("jobs.exports.retention")
 

@@ -8,7 +8,7 @@ time, and each row is rendered by PostgreSQL's `row_to_json`: building the objec
 at half the server's speed (README, "Measured design choices"). A whole-table export goes
 further and fetches the JSON a few heap pages per result row (`pages_query`), which cut
 SQLAlchemy's per-row cost out; an export with `since` reads row by row, so that the planner can
-use the index on the `since` column.
+use the index on the `since` column. An incremental export (`changes`) reads by pages too.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from sqlalchemy.engine import Dialect
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession, async_sessionmaker
 
 from jobs.db import driver_connection
+from jobs.exports.xids import Changes
 from jobs.registry import Dataset
 
 # Rows per FETCH of the JSON Lines cursor, when it reads row by row (exports with `since`);
@@ -35,38 +36,56 @@ CHUNK_PAGES = 4
 CHUNKS_PER_FETCH = 50
 
 Sink = Callable[[bytes], Awaitable[None]]
+First = Callable[[AsyncConnection], Awaitable[object]]
 Progress = Callable[[int], Awaitable[None]]
 
 
 @dataclass(frozen=True, slots=True)
 class Snapshot:
-    """A REPEATABLE READ, READ ONLY transaction: every query in it sees the same committed data."""
+    """A REPEATABLE READ transaction: every query in it sees the same committed data."""
 
     conn: AsyncConnection
     taken_at: datetime
     """The database clock when the snapshot was taken (UTC)."""
+    opening: object = None
+    """What `first` returned, if given."""
 
 
 @asynccontextmanager
-async def snapshot(sessionmaker: async_sessionmaker[AsyncSession]) -> AsyncIterator[Snapshot]:
-    """One consistent, read-only view of the database for as long as the block runs."""
+async def snapshot(
+    sessionmaker: async_sessionmaker[AsyncSession],
+    *,
+    read_only: bool = True,
+    first: First | None = None,
+) -> AsyncIterator[Snapshot]:
+    """One consistent view of the database for as long as the block runs, committed at its end.
+
+    Read-only unless asked: an incremental export writes its feed's cursor in the same
+    transaction. `first` runs as the transaction's first statement, the one that takes the
+    snapshot (an incremental export reads the snapshot's transaction ids there).
+    """
     async with sessionmaker() as session, session.begin():
-        conn = await session.connection(
-            execution_options={"isolation_level": "REPEATABLE READ", "postgresql_readonly": True}
-        )
+        options = {"isolation_level": "REPEATABLE READ", "postgresql_readonly": read_only}
+        conn = await session.connection(execution_options=options)
         # COPY and row_to_json format timestamps in the session's zone: make every export say
-        # UTC whatever the server's default. SET takes no snapshot; the SELECT below does.
+        # UTC whatever the server's default. SET takes no snapshot; the next statement does.
         await conn.execute(text("set local timezone = 'UTC'"))
+        opening = None if first is None else await first(conn)
         taken_at = (await conn.execute(select(func.clock_timestamp()))).scalar_one()
-        yield Snapshot(conn=conn, taken_at=taken_at)
+        yield Snapshot(conn=conn, taken_at=taken_at, opening=opening)
 
 
-def rows_query(dataset: Dataset, *, since: datetime | None) -> Select[tuple[object, ...]]:
-    """The dataset's columns, in registry order; with `since`, only rows changed after it."""
+def rows_query(
+    dataset: Dataset, *, since: datetime | None, changes: Changes | None, dialect: Dialect
+) -> Select[tuple[object, ...]]:
+    """The dataset's columns, in registry order; with `since`, only rows changed after it; with
+    `changes`, only rows written by transactions the previous export did not see."""
     table = dataset.table
     query: Select[tuple[object, ...]] = select(*(table.c[name] for name in dataset.export_columns))
     if since is not None:
         query = query.where(table.c[dataset.since_column] > since)
+    if changes is not None:
+        query = query.where(changes.clause(table, dialect))
     return query
 
 
@@ -75,11 +94,14 @@ async def copy_csv(
     *,
     dataset: Dataset,
     since: datetime | None,
+    changes: Changes | None = None,
     sink: Sink,
     progress: Progress,
 ) -> int:
     """Stream the dataset as CSV with a header row into `sink`; returns the number of rows."""
-    compiled = rows_query(dataset, since=since).compile(dialect=snap.conn.dialect)
+    dialect = snap.conn.dialect
+    query = rows_query(dataset, since=since, changes=changes, dialect=dialect)
+    compiled = query.compile(dialect=dialect)
     args = [compiled.params[name] for name in compiled.positiontup or ()]
     driver = await driver_connection(snap.conn)
     lines = 0
@@ -119,6 +141,7 @@ async def stream_jsonl(
     *,
     dataset: Dataset,
     since: datetime | None,
+    changes: Changes | None = None,
     sink: Sink,
     progress: Progress,
 ) -> int:
@@ -129,8 +152,12 @@ async def stream_jsonl(
     """
     server = snap.conn.dialect.server_version_info or (0,)
     if since is None and server >= (14,):  # TID range scans came with PostgreSQL 14
-        return await _jsonl_by_pages(snap, dataset=dataset, sink=sink, progress=progress)
-    return await _jsonl_by_rows(snap, dataset=dataset, since=since, sink=sink, progress=progress)
+        return await _jsonl_by_pages(
+            snap, dataset=dataset, changes=changes, sink=sink, progress=progress
+        )
+    return await _jsonl_by_rows(
+        snap, dataset=dataset, since=since, changes=changes, sink=sink, progress=progress
+    )
 
 
 async def _jsonl_by_rows(
@@ -138,12 +165,14 @@ async def _jsonl_by_rows(
     *,
     dataset: Dataset,
     since: datetime | None,
+    changes: Changes | None,
     sink: Sink,
     progress: Progress,
 ) -> int:
     """One result row per table row; the planner may use the index on the `since` column."""
-    rows = rows_query(dataset, since=since).subquery("r")
-    query = select(func.row_to_json(rows.table_valued()).cast(Text))
+    rows = rows_query(dataset, since=since, changes=changes, dialect=snap.conn.dialect)
+    table = rows.subquery("r")
+    query = select(func.row_to_json(table.table_valued()).cast(Text))
     result = await snap.conn.stream(query.execution_options(yield_per=BATCH_ROWS))
     count = 0
     async for batch in result.scalars().partitions():
@@ -155,8 +184,11 @@ async def _jsonl_by_rows(
     return count
 
 
-def pages_query(dataset: Dataset, *, pages: int, dialect: Dialect) -> TextClause:
-    """The whole table as chunks of JSON Lines, one result row per `pages` heap pages.
+def pages_query(
+    dataset: Dataset, *, pages: int, dialect: Dialect, changes: Changes | None = None
+) -> TextClause:
+    """The whole table (or its `changes`) as chunks of JSON Lines, one result row per `pages`
+    heap pages.
 
     Each chunk reads its pages with a TID range scan, so together the chunks read the table once,
     in its physical order as a plain scan would. The page count is read inside the snapshot: a
@@ -167,6 +199,8 @@ def pages_query(dataset: Dataset, *, pages: int, dialect: Dialect) -> TextClause
     table = quote(dataset.table.name)
     columns = ", ".join(quote(name) for name in dataset.export_columns)
     regclass = "'" + table.replace("'", "''") + "'::regclass"
+    # The plain export's query stays exactly as it was: no condition at all.
+    where, params = ("", {}) if changes is None else changes.sql(table)
     return text(
         f"""
         select chunk.rows, chunk.lines
@@ -179,15 +213,16 @@ def pages_query(dataset: Dataset, *, pages: int, dialect: Dialect) -> TextClause
                 select {columns} from {table}
                 where ctid >= format('(%s,0)', b)::tid
                   and ctid < format('(%s,0)', b + {int(pages)})::tid
+                  {"and " + where if where else ""}
             ) as r
         ) as chunk
         where chunk.rows > 0
         """
-    )
+    ).bindparams(**params)
 
 
 async def _jsonl_by_pages(
-    snap: Snapshot, *, dataset: Dataset, sink: Sink, progress: Progress
+    snap: Snapshot, *, dataset: Dataset, changes: Changes | None, sink: Sink, progress: Progress
 ) -> int:
     """A whole-table export with one result row per few hundred table rows.
 
@@ -195,7 +230,7 @@ async def _jsonl_by_pages(
     buffer, the Row) cost as much as PostgreSQL rendering the JSON: the same export ran in about
     two thirds of the time with the rows fetched in chunks.
     """
-    query = pages_query(dataset, pages=CHUNK_PAGES, dialect=snap.conn.dialect)
+    query = pages_query(dataset, pages=CHUNK_PAGES, dialect=snap.conn.dialect, changes=changes)
     # text() with yield_per was measured buffering the whole result; stream_results with a
     # bounded buffer does stream.
     result = await snap.conn.stream(

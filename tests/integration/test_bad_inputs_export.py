@@ -25,6 +25,13 @@ ISO_8601 = (
     "invalid payload: since: Input should be a valid datetime in ISO-8601 form,"
     " e.g. 2026-11-21T00:00:00Z"
 )
+SINCE_RANGE = (
+    "invalid payload: since: Input should be between 0001-01-01T00:00:00Z and 9999-12-31T23:59:59Z"
+)
+FEED_NAME = (
+    "invalid payload: incremental: a feed name is 1 to 64 characters from a-z, 0-9, _ and -,"
+    " starting with a letter or a digit"
+)
 
 
 def written(export_dir: Path) -> list[str]:
@@ -54,6 +61,28 @@ def written(export_dir: Path) -> list[str]:
             {"dataset": "customers", "since": 1700000000},
             "invalid payload: since: Input should be a valid datetime as an ISO-8601 string,"
             " not a number",
+        ),
+        # Valid ISO-8601 forms, out of range: refused here, not by the driver in the worker.
+        ({"dataset": "customers", "since": "0000-01-01T00:00:00Z"}, SINCE_RANGE),
+        ({"dataset": "customers", "since": "10000-01-01T00:00:00Z"}, SINCE_RANGE),
+        ({"dataset": "customers", "since": "+12026-01-01"}, SINCE_RANGE),
+        ({"dataset": "customers", "since": "-0001-01-01"}, SINCE_RANGE),
+        ({"dataset": "customers", "since": "0001-01-01T00:00:00+05:00"}, SINCE_RANGE),
+        ({"dataset": "customers", "since": "9999-12-31T23:59:59-05:00"}, SINCE_RANGE),
+        (
+            {"dataset": "customers", "since": "2026-01-01T00:00:00Z", "incremental": "crm"},
+            "invalid payload: incremental: cannot be combined with since: an incremental export"
+            " starts where its feed's previous export ended; give one or the other",
+        ),
+        ({"dataset": "customers", "incremental": "CRM"}, FEED_NAME),
+        ({"dataset": "customers", "incremental": ""}, FEED_NAME),
+        ({"dataset": "customers", "incremental": "-crm"}, FEED_NAME),
+        ({"dataset": "customers", "incremental": "crm/../x"}, FEED_NAME),
+        ({"dataset": "customers", "incremental": "crm\n"}, FEED_NAME),
+        ({"dataset": "customers", "incremental": "a" * 65}, FEED_NAME),
+        (
+            {"dataset": "customers", "incremental": 7},
+            "invalid payload: incremental: Input should be a valid string",
         ),
         (
             {"dataset": "orders"},
@@ -101,6 +130,19 @@ async def test_bad_payload_is_refused_before_anything_is_written(
         assert (
             await conn.execute(select(func.count()).select_from(tables.customers))
         ).scalar() == 1
+        assert (
+            await conn.execute(select(func.count()).select_from(tables.export_feeds))
+        ).scalar() == 0
+
+
+@pytest.mark.parametrize(
+    "since", ["0001-01-01T00:00:00Z", "0001-01-01T00:00:00", "9999-12-31T23:59:59.999999Z"]
+)
+async def test_the_ends_of_the_since_range_are_accepted(
+    ctx: dict[str, Any], engine: AsyncEngine, since: str
+) -> None:
+    result = await execute(export_dataset, ctx, dataset="customers", since=since)
+    assert result["rows"] == 0
 
 
 async def test_positional_arguments_are_refused(ctx: dict[str, Any], settings: Settings) -> None:

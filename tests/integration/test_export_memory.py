@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 import sys
+import time
 import uuid
 from pathlib import Path
 from typing import Any
@@ -26,8 +27,16 @@ N = 200_000
 GROWTH = 1.2  # what the export adds to RSS at 5N may exceed what it adds at N by 20%...
 SLACK_MB = 4.0  # ...plus a few MB of allocator noise
 CEILING_MB = 150.0
-# COPY with gzip; JSON Lines read by heap pages; JSON Lines read row by row (with `since`)
-CASES = [("csv", True, None), ("jsonl", False, None), ("jsonl", False, "2000-01-01T00:00:00Z")]
+# COPY with gzip; JSON Lines read by heap pages; JSON Lines read row by row (with `since`);
+# incremental exports (the rows added since the feed's previous export) as COPY and JSON Lines.
+INCREMENTAL = "incremental"
+CASES = [
+    ("csv", True, None),
+    ("jsonl", False, None),
+    ("jsonl", False, "2000-01-01T00:00:00Z"),
+    ("csv", True, INCREMENTAL),
+    ("jsonl", False, INCREMENTAL),
+]
 
 
 async def add_customers(engine: AsyncEngine, *, first: int, last: int) -> None:
@@ -74,22 +83,29 @@ async def test_peak_memory_does_not_grow_with_rows(
 ) -> None:
     assert BATCH_ROWS * 10 <= N
     peaks: dict[tuple[str, bool, str | None], list[dict[str, Any]]] = {case: [] for case in CASES}
+    for fmt, compress, since in CASES:
+        if since == INCREMENTAL:  # each feed's first export, of the empty table
+            report = await export_in_child(
+                database_url, tmp_path, fmt=fmt, compress=compress, since=since
+            )
+            assert report["rows"] == 0
     for first, last in ((1, N), (N + 1, 5 * N)):
         await add_customers(engine, first=first, last=last)
         for fmt, compress, since in CASES:
             report = await export_in_child(
                 database_url, tmp_path, fmt=fmt, compress=compress, since=since
             )
-            assert report["rows"] == last
+            assert report["rows"] == (last - first + 1 if since == INCREMENTAL else last)
             peaks[(fmt, compress, since)].append(report)
 
     for (fmt, compress, since), (small, large) in peaks.items():
+        mode = {None: "", INCREMENTAL: " incremental"}.get(since, " since")
         summary = (
-            f"{fmt}{' gzip' if compress else ''}{' since' if since else ''}:"
-            f" peak RSS {small['peak_mb']:.1f} MB at {N:,} rows"
-            f" (export +{small['peak_mb'] - small['base_mb']:.1f} MB),"
-            f" {large['peak_mb']:.1f} MB at {5 * N:,} rows"
-            f" (export +{large['peak_mb'] - large['base_mb']:.1f} MB)"
+            f"{fmt}{' gzip' if compress else ''}{mode}:"
+            f" peak RSS {small['peak_mb']:.1f} MB at {small['rows']:,} rows"
+            f" (export +{small['peak_mb'] - small['base_mb']:.1f} MB, {small['seconds']:.2f} s),"
+            f" {large['peak_mb']:.1f} MB at {large['rows']:,} rows"
+            f" (export +{large['peak_mb'] - large['base_mb']:.1f} MB, {large['seconds']:.2f} s)"
         )
         print(summary)
         small_export = small["peak_mb"] - small["base_mb"]
@@ -129,14 +145,24 @@ async def _child(
         base = _status_mb("VmRSS")
         app = AppContext(settings=settings, engine=engine, sessionmaker=create_sessionmaker(engine))
         run = RunHandle(app=app, job_id=uuid.uuid4().hex, job_try=1)
-        payload = ExportPayload.model_validate(
-            {"dataset": "customers", "format": fmt, "compress": compress, "since": since}
-        )
-        result = await export_dataset.impl(run, payload)
+        fields: dict[str, Any] = {"dataset": "customers", "format": fmt, "compress": compress}
+        if since == INCREMENTAL:
+            fields["incremental"] = f"memory-{fmt}"
+        else:
+            fields["since"] = since
+        started = time.perf_counter()
+        result = await export_dataset.impl(run, ExportPayload.model_validate(fields))
+        seconds = time.perf_counter() - started
     finally:
         await engine.dispose()
     peak = _status_mb("VmHWM")
-    return {"rows": result.rows, "path": result.path, "base_mb": base, "peak_mb": peak}
+    return {
+        "rows": result.rows,
+        "path": result.path,
+        "base_mb": base,
+        "peak_mb": peak,
+        "seconds": seconds,
+    }
 
 
 if __name__ == "__main__":

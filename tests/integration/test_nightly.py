@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import csv
+import errno
 import gzip
 import json
 import os
@@ -24,6 +25,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from jobs import schema as tables
 from jobs.errors import ConfigError
+from jobs.exports.files import ExportFileError, StagedFile
 from jobs.exports.nightly import NightlyPayload, nightly_export
 from jobs.registry import get_dataset
 from tests.support.worker_helpers import make_worker
@@ -300,3 +302,60 @@ async def test_two_workers_on_one_queue_run_a_tick_once(
         files = [n for n in tree(settings.export_dir)[dataset] if n.endswith(".csv.gz")]
         assert len(files) == 1, files
         assert NIGHTLY.fullmatch(files[0])
+
+
+def failing(method: str, *, dataset: str, name_has: str) -> Any:
+    """StagedFile.`method`, failing with ENOSPC for `dataset`'s files whose name has `name_has`."""
+    original = getattr(StagedFile, method)
+
+    def patched(self: StagedFile, *args: Any) -> Any:
+        if self.final.parent.name == dataset and name_has in self.final.name:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return original(self, *args)
+
+    return patched
+
+
+@pytest.mark.parametrize(
+    ("method", "dataset", "name_has", "step"),
+    [
+        # the second of three data files fails while it is written
+        ("_write_out", "accounts", ".csv.gz", "while writing accounts"),
+        # every data file is written; then the second one's manifest fails
+        ("_write_out", "accounts", ".manifest.json", "while publishing"),
+        # renames: the second data file, the first and the last manifests
+        ("_rename", "accounts", ".csv.gz", "while publishing"),
+        ("_rename", "customers", ".manifest.json", "while publishing"),
+        ("_rename", "transfers", ".manifest.json", "while publishing"),
+    ],
+)
+async def test_a_tick_publishes_all_its_files_or_none(
+    app: AppContext,
+    engine: AsyncEngine,
+    monkeypatch: pytest.MonkeyPatch,
+    method: str,
+    dataset: str,
+    name_has: str,
+    step: str,
+) -> None:
+    await seed(engine)
+    kept = "nightly-customers-20260101T020000.000Z-00000001.csv.gz"
+    place(app.settings.export_dir / "customers", kept)  # an earlier night's, left as it was
+    monkeypatch.setattr(StagedFile, method, failing(method, dataset=dataset, name_has=name_has))
+
+    with pytest.raises(ExportFileError) as caught:
+        await run_nightly(app)
+
+    assert str(caught.value) == (
+        f"export failed {step}; no file of this export was published:"
+        " OSError: [Errno 28] No space left on device"
+    )
+    assert tree(app.settings.export_dir) == {
+        ".": [],
+        "customers": [kept, kept + ".manifest.json"],  # nothing of this tick, no temp file
+        "accounts": [],
+        "transfers": [],
+    }
+    monkeypatch.undo()
+    result = await run_nightly(app)  # the next tick publishes the three files
+    assert [export["rows"] for export in result["exports"]] == [5, 5, 5]
