@@ -25,7 +25,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from tests.support import pgbouncer
 from tests.support.database import ROOT, TABLES, asyncpg_dsn, migrate
-from worker import embedded
+from tests.support.session_servers import session_servers
 from worker.context import CTX_KEY, AppContext
 from worker.db import create_engine, create_sessionmaker
 from worker.logging import configure_logging
@@ -34,15 +34,17 @@ from worker.settings import Settings, normalise_database_url
 
 
 @pytest.fixture(scope="session")
-def server_settings(tmp_path_factory: pytest.TempPathFactory) -> Settings:
-    """Where the test servers are: TEST_DATABASE_URL / TEST_REDIS_URL, or embedded ones."""
+def server_settings(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Settings]:
+    """Where the test servers are: TEST_DATABASE_URL / TEST_REDIS_URL, or embedded ones (stopped
+    at the end when the test sessions started them: tests/support/session_servers.py)."""
     state = Path(os.environ.get("TEST_ETL_STATE_DIR", ROOT / ".etl-test"))
     base = Settings(
         DATABASE_URL=os.environ.get("TEST_DATABASE_URL") or None,
         REDIS_URL=os.environ.get("TEST_REDIS_URL") or None,
         ETL_STATE_DIR=state,
     )
-    return embedded.resolve(base)
+    with session_servers(base) as settings:
+        yield settings
 
 
 @pytest.fixture(scope="session")

@@ -41,7 +41,7 @@ from worker.keys import RETRIED_KEY_PREFIX, job_key_prefix, result_key_prefix
 from worker.reads import DatabaseReads
 from worker.redis import connect
 from worker.requests import cancel_job, compact, job_bytes, retryable, validate
-from worker.scripts import ENQUEUE_SCRIPT, RETRY_SCRIPT
+from worker.scripts import REPLACED, RETRY_SCRIPT, enqueue_call
 from worker.settings import Settings, check_redis_url, get_settings
 from worker.status import JobState, read_state
 
@@ -96,6 +96,8 @@ class JobHandle(Generic[ResultT]):
         self.function = function
         self.created = created
         """False when a job with this id already existed: this handle points at that job."""
+        self.replaced = False
+        """True when it was written in place of a failed job of its id (`replace_failed`)."""
         self._result_model = result_model
 
     def __repr__(self) -> str:
@@ -161,13 +163,19 @@ class JobMethod(Generic[PayloadT, ResultT]):
         return self if client is None else JobMethod(self.spec, client)
 
     async def __call__(
-        self, payload: PayloadT | Mapping[str, Any] | None = None, *, _job_id: str | None = None
+        self,
+        payload: PayloadT | Mapping[str, Any] | None = None,
+        *,
+        _job_id: str | None = None,
+        replace_failed: bool = False,
     ) -> JobHandle[ResultT]:
         """Enqueue the job; no payload means the payload model's defaults."""
         if self._client is None:
             raise TypeError(f"{self.spec.name}() is a method: call it on an EtlClient")
         payload = {} if payload is None else payload
-        return await self._client.enqueue(self.spec, payload, _job_id=_job_id)
+        return await self._client.enqueue(
+            self.spec, payload, _job_id=_job_id, replace_failed=replace_failed
+        )
 
 
 class EtlClient(DatabaseReads):
@@ -251,20 +259,25 @@ class EtlClient(DatabaseReads):
         payload: PayloadT | Mapping[str, Any],
         *,
         _job_id: str | None = None,
+        replace_failed: bool = False,
     ) -> JobHandle[ResultT]:
         """Enqueue one job; its handle's result is the spec's result model.
 
         `_job_id` deduplicates: a second enqueue with the same id writes nothing and returns a
-        handle on the first job (`created` False).
+        handle on the first job (`created` False). `replace_failed=True` enqueues it in place of a
+        *failed* job of that id, atomically (`replaced` True); any other job keeps its id.
         """
         model = validate(spec, payload)
-        created = await self._write([(spec.name, model, _job_id or uuid.uuid4().hex)])
-        job_id, was_created = created[0]
-        if not was_created:
-            await self._same_job(job_id, spec, model)
-        return JobHandle(
-            self, job_id, function=spec.name, result_model=spec.result, created=was_created
+        ((job_id, created, replaced),) = await self._write(
+            [(spec.name, model, _job_id or uuid.uuid4().hex)], replace_failed=replace_failed
         )
+        if not created:
+            await self._same_job(job_id, spec, model)
+        handle = JobHandle(
+            self, job_id, function=spec.name, result_model=spec.result, created=created
+        )
+        handle.replaced = replaced
+        return handle
 
     async def enqueue_many(
         self, requests: Iterable[JobRequest | BaseModel]
@@ -289,36 +302,40 @@ class EtlClient(DatabaseReads):
                 raise InvalidPayload(f"job {index}: {exc.message}") from None
             planned.append((spec, model, request.job_id or uuid.uuid4().hex))
         written = await self._write([(spec.name, model, job_id) for spec, model, job_id in planned])
-        for (spec, model, _), (job_id, created) in zip(planned, written, strict=True):
+        for (spec, model, _), (job_id, created, _) in zip(planned, written, strict=True):
             if not created:
                 await self._same_job(job_id, spec, model)
         return [
             JobHandle(self, job_id, function=spec.name, result_model=spec.result, created=created)
-            for (spec, _, _), (job_id, created) in zip(planned, written, strict=True)
+            for (spec, _, _), (job_id, created, _) in zip(planned, written, strict=True)
         ]
 
-    async def _write(self, jobs: Sequence[tuple[str, BaseModel, str]]) -> list[tuple[str, bool]]:
-        out: list[tuple[str, bool]] = []
+    async def _write(
+        self, jobs: Sequence[tuple[str, BaseModel, str]], *, replace_failed: bool = False
+    ) -> list[tuple[str, bool, bool]]:
+        """Each job's id, whether it was written, whether in place of a failed job of its id."""
+        out: list[tuple[str, bool, bool]] = []
         for start in range(0, len(jobs), BATCH_SIZE):
             chunk = jobs[start : start + BATCH_SIZE]
             now = timestamp_ms()
-            keys: list[str] = [self.queue_name]
-            argv: list[Any] = [expires_extra_ms, now]
-            for function, model, job_id in chunk:
-                keys += [job_key_prefix + job_id, result_key_prefix + job_id]
-                kwargs = model.model_dump(mode="json")
-                argv += [job_id, job_bytes(function, kwargs, enqueue_time_ms=now)]
+            records = [
+                (job_id, job_bytes(function, model.model_dump(mode="json"), enqueue_time_ms=now))
+                for function, model, job_id in chunk
+            ]
+            script, keys, argv = enqueue_call(
+                self.queue_name, records, now_ms=now, replace_failed=replace_failed
+            )
             # Retried through a failover, and confirmed by replicas, as the settings ask; if it
             # still fails, the error names this chunk's ids and those of the chunks not sent.
             flags = await acknowledged_eval(
                 self.redis,
-                ENQUEUE_SCRIPT,
+                script,
                 keys,
                 argv,
                 policy=self._write_policy,
                 job_ids=[job_id for _, _, job_id in jobs[start:]],
             )
-            out += [(job_id, bool(flag)) for (_, _, job_id), flag in zip(chunk, flags, strict=True)]
+            out += [(i, bool(f), f == REPLACED) for (_, _, i), f in zip(chunk, flags, strict=True)]
         return out
 
     async def _same_job(self, job_id: str, spec: JobSpec[Any, Any], model: BaseModel) -> None:

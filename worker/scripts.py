@@ -5,6 +5,19 @@ Key names are arq's (and `worker/keys.py`'s); job records are arq's JSON job for
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from typing import Any
+
+from arq.constants import expires_extra_ms
+
+from worker.errors import CANCELLED_KIND
+from worker.keys import (
+    RETRIED_KEY_PREFIX,
+    in_progress_key_prefix,
+    job_key_prefix,
+    result_key_prefix,
+)
+
 ENQUEUE_SCRIPT = """
 local created = {}
 for i = 1, (#KEYS - 1) / 2 do
@@ -23,6 +36,67 @@ return created
 KEYS[1] is the queue, then each job's job key and result key; ARGV[1] the job keys' expiry (ms),
 ARGV[2] the score, then each job's id and serialised job. Returns 1 (written) or 0 per job.
 """
+
+ENQUEUE_REPLACING_FAILED_SCRIPT = """
+local written = {}
+for i = 1, (#KEYS - 1) / 4 do
+  local job, result = KEYS[4 * i - 2], KEYS[4 * i - 1]
+  local running, retried = KEYS[4 * i], KEYS[4 * i + 1]
+  local answer = 0
+  if redis.call('EXISTS', job, running) == 0 then
+    local kept = redis.call('GET', result)
+    if not kept then
+      answer = 1
+    else
+      local ok, record = pcall(cjson.decode, kept)
+      if ok and type(record) == 'table' and record['s'] == false then
+        local error = record['r']
+        if not (type(error) == 'table' and error['__error__'] == ARGV[3]) then
+          redis.call('DEL', result, retried)
+          answer = 2
+        end
+      end
+    end
+  end
+  if answer > 0 then
+    redis.call('SET', job, ARGV[2 * i + 3], 'PX', ARGV[1])
+    redis.call('ZADD', KEYS[1], ARGV[2], ARGV[2 * i + 2])
+  end
+  written[i] = answer
+end
+return written
+"""
+"""Write a batch of jobs as ENQUEUE_SCRIPT does, but replace a *failed* job held under an id.
+
+An id whose only trace is a failed result (kept ETL_KEEP_RESULT) gets its result (and its
+`etl retry` marker) deleted and the new job written, in one step. An id held by a queued,
+deferred or running job (its job or in-progress key exists), by a complete or cancelled one, or by
+a result this service cannot read, is left as it is.
+KEYS[1] is the queue, then each job's job key, result key, in-progress key and retried marker;
+ARGV[1] the job keys' expiry (ms), ARGV[2] the score, ARGV[3] the error kind of a cancelled job,
+then each job's id and serialised job. Returns per job 1 (written), 2 (written in place of a failed
+job) or 0 (not written).
+"""
+
+REPLACED = 2
+"""ENQUEUE_REPLACING_FAILED_SCRIPT's answer for a job written in place of a failed job."""
+
+
+def enqueue_call(
+    queue_name: str, jobs: Sequence[tuple[str, bytes]], *, now_ms: int, replace_failed: bool
+) -> tuple[str, list[str], list[Any]]:
+    """The script, keys and arguments that write `jobs` (id, serialised job) to the queue."""
+    keys: list[str] = [queue_name]
+    argv: list[Any] = [expires_extra_ms, now_ms]
+    if replace_failed:
+        argv.append(CANCELLED_KIND)
+    for job_id, record in jobs:
+        keys += [job_key_prefix + job_id, result_key_prefix + job_id]
+        if replace_failed:
+            keys += [in_progress_key_prefix + job_id, RETRIED_KEY_PREFIX + job_id]
+        argv += [job_id, record]
+    return (ENQUEUE_REPLACING_FAILED_SCRIPT if replace_failed else ENQUEUE_SCRIPT), keys, argv
+
 
 RETRY_SCRIPT = """
 local ttl = redis.call('PTTL', KEYS[1])

@@ -10,18 +10,21 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Sequence
-from pathlib import Path
+
+from pydantic import Field
 
 from jobs.errors import ConfigError, UnknownDataset
 from jobs.exports.job import export_datasets
-from jobs.exports.retention import NIGHTLY_PREFIX, prune_nightly
+from jobs.exports.objects import prune, result_directory
+from jobs.exports.retention import NIGHTLY_PREFIX
 from jobs.models import NightlyResult, Payload
 from jobs.registry import DATASETS, Dataset, get_dataset
 from jobs.spec import JobRun, etl_job
 
 
 class NightlyPayload(Payload):
-    pass
+    keep: int | None = Field(default=None, ge=1)
+    """Files kept per dataset; unset: ETL_EXPORT_KEEP (a schedule entry's `keep` sets it)."""
 
 
 def nightly_datasets(configured: Sequence[str]) -> list[Dataset]:
@@ -54,9 +57,10 @@ async def nightly_export(run: JobRun, payload: NightlyPayload) -> NightlyResult:
     deleted: list[str] = []
     for export in exports:
         deleted += await asyncio.to_thread(
-            prune_nightly,
-            Path(export.path).parent,
+            prune,  # files, or objects when the export dir is in a bucket
+            result_directory(run.config.export_dir, export.path),
+            prefix=NIGHTLY_PREFIX,
             dataset=export.dataset,
-            keep=run.config.export_keep,
+            keep=payload.keep or run.config.export_keep,
         )
     return NightlyResult(exports=exports, deleted=deleted)

@@ -278,9 +278,12 @@ async def test_rows_of_the_wrong_type(
 # Paths and datasets: refused before anything is read
 
 
-async def test_missing_file(ctx: dict[str, Any], engine: AsyncEngine) -> None:
+async def test_missing_file(ctx: dict[str, Any], settings: Settings, engine: AsyncEngine) -> None:
     await fails(
-        ctx, InputFileError, "nope.csv: no such file in the import directory", path="nope.csv"
+        ctx,
+        InputFileError,
+        f"nope.csv: no such file in the import directory {settings.import_dir}",
+        path="nope.csv",
     )
     await nothing_loaded(engine)
 

@@ -66,15 +66,15 @@ def test_the_console_script_is_installed() -> None:
     ("args", "message"),
     [
         (
-            ["import", "--dataset", "nope", "--file", "x.csv"],
+            ["import", "--dataset", "nope", "--path", "x.csv"],
             "etl: --dataset: unknown dataset 'nope'; known: accounts, customers, transfers",
         ),
         (
-            ["import", "--dataset", "customers", "--file", "x.csv", "--max-reject-ratio", "2"],
+            ["import", "--dataset", "customers", "--path", "x.csv", "--max-reject-ratio", "2"],
             "etl: --max-reject-ratio: Input should be less than or equal to 1",
         ),
         (
-            ["import", "--dataset", "transfers", "--file", "x.csv"],
+            ["import", "--dataset", "transfers", "--path", "x.csv"],
             "etl: --dataset: 'transfers' cannot be imported or upserted; "
             "use one of accounts, customers",
         ),
@@ -86,7 +86,7 @@ def test_the_console_script_is_installed() -> None:
             ["transfer", "--from", "1", "--to", "2", "--amount", "5", "--id", "not-a-uuid"],
             "etl: --id: Input should be a valid UUID, invalid character: found `n` at 0",
         ),
-        (["transfer", "--from", "1", "--to", "2"], "etl: --amount: required (or give --file)"),
+        (["transfer", "--from", "1", "--to", "2"], "etl: --amount: required (or give --from-file)"),
         (["ping", "--timeout", "5"], "etl: --timeout: only with --wait"),
     ],
 )
@@ -128,7 +128,7 @@ async def test_a_bad_line_in_a_local_jsonl_file_is_named(
     )
 
     done = await etl("enqueue", "transfer", "--file", "nope.jsonl", env=env, cwd=tmp_path)
-    assert (done.code, done.stderr) == (2, "etl: --file: nope.jsonl: no such file\n")
+    assert (done.code, done.stderr) == (2, "etl: --from-file: nope.jsonl: no such file\n")
     assert await _queued(redis, settings) == 0
 
 
@@ -308,19 +308,29 @@ async def test_wait_exits_1_with_the_jobs_error_when_it_fails(
             "import",
             "--dataset",
             "customers",
-            "--file",
+            "--path",
             "missing.csv",
             "--wait",
             "--json",
             env=env,
             cwd=tmp_path,
         )
+    error = f"missing.csv: no such file in the import directory {settings.import_dir}"
     assert done.code == 1
-    assert done.stdout == ""
-    assert re.match(
-        r"^job [0-9a-f]{32} \(import_file\) failed after 1 try: \w+: .*missing\.csv",
-        done.stderr,
-    ), done.stderr
+    # --json: a JSON object on stdout, failure or not; the same error on stderr.
+    failure = json.loads(done.stdout)
+    failure_id = failure.pop("job_id")
+    assert JOB_ID.match(failure_id)
+    assert failure == {
+        "status": "failed",
+        "function": "import_file",
+        "error_type": "InputFileError",
+        "error": error,
+        "tries": 1,
+    }
+    assert done.stderr == (
+        f"job {failure_id} (import_file) failed after 1 try: InputFileError: {error}\n"
+    )
 
 
 async def test_wait_gives_up_after_the_timeout(
@@ -349,7 +359,7 @@ async def test_import_through_the_cli(
     )
     async with worker_process(env, tmp_path, redis=redis, queue=settings.queue_name):
         imported = await etl(
-            "enqueue", "import", "--dataset", "customers", "--file", "customers.csv",
+            "enqueue", "import", "--dataset", "customers", "--path", "customers.csv",
             "--max-reject-ratio", "0.5", "--wait", "--json", env=env, cwd=tmp_path,
         )  # fmt: skip
     assert imported.code == 0, imported.stderr
@@ -471,7 +481,7 @@ async def test_no_password_in_any_output_when_the_servers_are_unreachable(
         (
             {"REDIS_URL": f"http://:{SECRET}@cache:6379", "ETL_MAX_JOBS": "0"},
             [
-                "REDIS_URL: must start with redis://, rediss:// or unix://",
+                "REDIS_URL: must start with redis://, rediss://, unix:// or redis+sentinel://",
                 "ETL_MAX_JOBS: Input should be greater than or equal to 1",
             ],
         ),

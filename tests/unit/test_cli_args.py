@@ -32,23 +32,23 @@ def refusal(*argv: str) -> str:
 
 
 def test_import_arguments_become_the_import_payload() -> None:
-    assert payload_of("import", "--dataset", "customers", "--file", "in/c.csv") == (
+    assert payload_of("import", "--dataset", "customers", "--path", "in/c.csv") == (
         "import_file",
         {"dataset": "customers", "path": "in/c.csv", "mode": "upsert", "max_reject_ratio": 0.05},
     )
     _, payload = payload_of(
-        "import", "--dataset", "accounts", "--file", "/srv/inbox/a.csv",
+        "import", "--dataset", "accounts", "--path", "/srv/inbox/a.csv",
         "--mode", "insert", "--max-reject-ratio", "0",
     )  # fmt: skip
     assert (payload["mode"], payload["max_reject_ratio"]) == ("insert", 0.0)
 
 
 def test_import_refusals_name_the_argument() -> None:
-    assert refusal("import", "--dataset", "orders", "--file", "x.csv") == (
+    assert refusal("import", "--dataset", "orders", "--path", "x.csv") == (
         "--dataset: unknown dataset 'orders'; known: accounts, customers, transfers"
     )
-    assert refusal("import", "--dataset", "customers", "--file", "", "--mode", "merge") == (
-        "--file: String should have at least 1 character; "
+    assert refusal("import", "--dataset", "customers", "--path", "", "--mode", "merge") == (
+        "--path: String should have at least 1 character; "
         "--mode: Input should be 'upsert' or 'insert'"
     )
 
@@ -95,12 +95,12 @@ def test_one_transfer_from_arguments_gets_a_fresh_uuid4() -> None:
 
 
 def test_transfer_refusals() -> None:
-    assert refusal("transfer", "--from", "1") == "--to, --amount: required (or give --file)"
+    assert refusal("transfer", "--from", "1") == "--to, --amount: required (or give --from-file)"
     assert refusal("transfer", "--from", "1", "--to", "2", "--amount", str(2**63)) == (
         "--amount: Input should be less than or equal to 9223372036854775807"
     )
-    assert refusal("transfer", "--file", "t.jsonl", "--amount", "5") == (
-        "--file: give either --file or --amount, not both"
+    assert refusal("transfer", "--from-file", "t.jsonl", "--amount", "5") == (
+        "--from-file: give either --from-file or --amount, not both"
     )
 
 
@@ -112,7 +112,7 @@ def test_transfers_from_a_jsonl_file(tmp_path: Path, monkeypatch: pytest.MonkeyP
         "\n"
         f'{{"id": "{second}", "from_account": 2, "to_account": 1, "amount_cents": 7}}\n'
     )
-    _, payload = payload_of("transfer", "--file", "t.jsonl")
+    _, payload = payload_of("transfer", "--from-file", "t.jsonl")
     assert payload["transfers"] == [
         TransferItem(id=first, from_account=1, to_account=2, amount_cents=5).model_dump(),
         TransferItem(id=second, from_account=2, to_account=1, amount_cents=7).model_dump(),
@@ -126,7 +126,9 @@ def test_transfers_from_a_jsonl_file(tmp_path: Path, monkeypatch: pytest.MonkeyP
         "x: Extra inputs are not permitted"
     )
     Path("empty.jsonl").write_text("\n\n")
-    assert refusal("transfer", "--file", "empty.jsonl") == "--file: empty.jsonl holds no transfers"
+    assert refusal("transfer", "--from-file", "empty.jsonl") == (
+        "--from-file: empty.jsonl holds no transfers"
+    )
 
 
 def test_upsert_rows_from_a_jsonl_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -164,7 +166,7 @@ def test_bad_jsonl_lines_are_named(
 
 
 def test_a_missing_or_odd_jsonl_file(tmp_path: Path) -> None:
-    with pytest.raises(BadArgument, match=r"^--file: .*/nope.jsonl: no such file$"):
+    with pytest.raises(BadArgument, match=r"^--from-file: .*/nope.jsonl: no such file$"):
         read_jsonl(str(tmp_path / "nope.jsonl"))
     with pytest.raises(BadArgument, match=r"is a directory, not a JSONL file$"):
         read_jsonl(str(tmp_path))

@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 import time
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime
 from typing import Any
 
 from pydantic import BaseModel
@@ -28,13 +29,15 @@ from worker.cli.render import (
     progress_line,
     reject_lines,
     result_lines,
+    schedule_lines,
     state_lines,
     tries,
 )
 from worker.client import EtlClient, JobHandle
 from worker.errors import BadArgument
+from worker.schedules import load_schedules
 from worker.settings import Settings
-from worker.status import list_failed
+from worker.status import JobState, list_failed
 
 
 @contextlib.asynccontextmanager
@@ -61,6 +64,7 @@ def cmd_migrate(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def cmd_worker(settings: Settings, args: argparse.Namespace) -> int:
+    load_schedules(settings)  # a bad schedules file stops it here, in one line, before anything
     settings = servers(settings)
     asyncio.run(preflight(settings))
     asyncio.run(run_worker(settings, burst=args.burst))
@@ -97,6 +101,13 @@ def cmd_enqueue(settings: Settings, args: argparse.Namespace) -> int:
     spec, payload = payload_from_args(args)
     if args.timeout is not None and not args.wait:
         raise BadArgument("--timeout: only with --wait")
+    if args.replace_failed and args.job_id is None:
+        raise BadArgument("--replace-failed: only with --job-id (a new id holds no failed job)")
+    if getattr(args, "legacy_path", None) is not None:
+        err(
+            "etl: --file is deprecated for `etl enqueue import`: use --path (a file in the "
+            "worker's import directory; --file reads a local file in other commands)"
+        )
     return asyncio.run(enqueue(redis_only(settings), spec, payload, args))
 
 
@@ -104,13 +115,22 @@ async def enqueue(
     settings: Settings, spec: AnySpec, payload: BaseModel, args: argparse.Namespace
 ) -> int:
     async with open_client(settings) as client:
-        handle = await client.enqueue(spec, payload, _job_id=args.job_id)
+        handle = await client.enqueue(
+            spec, payload, _job_id=args.job_id, replace_failed=args.replace_failed
+        )
         if not handle.created:
             err(f"a job with id {handle.job_id} already exists: not enqueued again")
+        if handle.replaced:
+            err(f"the failed job {handle.job_id} was replaced: enqueued again under its id")
         if not args.wait:
             if args.json:
                 out_json(
-                    {"job_id": handle.job_id, "function": spec.name, "created": handle.created}
+                    {
+                        "job_id": handle.job_id,
+                        "function": spec.name,
+                        "created": handle.created,
+                        "replaced": handle.replaced,
+                    }
                 )
             else:
                 out(handle.job_id)
@@ -121,7 +141,8 @@ async def enqueue(
 
 
 async def wait_for(handle: JobHandle[Any], *, give_up_s: float | None, as_json: bool) -> int:
-    """Wait for the job; print its result (exit 0) or its error on stderr (exit 1)."""
+    """Wait for the job; print its result (exit 0), or its error (exit 1): on stderr, and with
+    `as_json` as a JSON object on stdout too."""
     line = StatusLine()
     started = time.monotonic()
     while True:
@@ -131,32 +152,60 @@ async def wait_for(handle: JobHandle[Any], *, give_up_s: float | None, as_json: 
             break
         if give_up_s is not None and elapsed >= give_up_s:
             line.clear()
-            err(
-                f"job {handle.job_id} still {state.state} after {give_up_s:g} s; "
-                f"follow it with `etl status {handle.job_id}`"
-            )
-            return EXIT_FAILED
+            return not_complete(state, as_json=as_json, gave_up_s=give_up_s)
         if line.enabled and elapsed >= 1.0:
             # Long jobs show they are alive and how far they got.
             line.show(progress_line(state, elapsed))
         await asyncio.sleep(0.25)
     line.clear()
-    if state.state == "not_found":
-        err(f"job {handle.job_id} disappeared: its result expired or Redis was flushed")
-        return EXIT_FAILED
-    if state.state == "failed":
-        assert state.error is not None
-        err(f"job {handle.job_id} ({state.function}) failed after {tries(state)}: {state.error}")
-        return EXIT_FAILED
-    if state.state == "cancelled":
-        err(f"job {handle.job_id} ({state.function}) was cancelled")
-        return EXIT_FAILED
+    if state.state != "complete":
+        return not_complete(state, as_json=as_json)
     if as_json:
         out_json(state.result)
     else:
         out(f"job {handle.job_id} ({state.function}) complete")
         for text in result_lines(state.result):
             out(text)
+    return EXIT_OK
+
+
+def not_complete(state: JobState, *, as_json: bool, gave_up_s: float | None = None) -> int:
+    """Why a waited-for job has no result, on stderr; with `as_json`, as an object on stdout."""
+    job_id = state.job_id
+    status: str = state.state
+    if gave_up_s is not None:
+        status = "timed_out"
+        text = (
+            f"job {job_id} still {state.state} after {gave_up_s:g} s; "
+            f"follow it with `etl status {job_id}`"
+        )
+    elif state.state == "not_found":
+        text = f"job {job_id} disappeared: its result expired or Redis was flushed"
+    elif state.state == "cancelled":
+        text = f"job {job_id} ({state.function}) was cancelled"
+    else:
+        text = f"job {job_id} ({state.function}) failed after {tries(state)}: {state.error}"
+    err(text)
+    if as_json:
+        document: dict[str, Any] = {"status": status, "job_id": job_id, "function": state.function}
+        if state.error is not None:
+            document.update(
+                error_type=state.error.kind, error=state.error.message, tries=state.tries
+            )
+        else:
+            document.update(state=state.state, error=text)
+        out_json(document)
+    return EXIT_FAILED
+
+
+def cmd_schedules(settings: Settings, args: argparse.Namespace) -> int:
+    entries = load_schedules(settings)
+    now = datetime.now(UTC)
+    if args.json:
+        out_json([entry.as_json(now) for entry in entries])
+        return EXIT_OK
+    for line in schedule_lines(entries, now=now, source=settings.schedules_file):
+        out(line)
     return EXIT_OK
 
 

@@ -21,10 +21,12 @@ from worker.cli.commands import (
     cmd_migrate,
     cmd_rejects,
     cmd_retry,
+    cmd_schedules,
     cmd_status,
     cmd_worker,
 )
 from worker.cli.health import cmd_check
+from worker.cli.psql import cmd_db
 from worker.settings import Settings
 
 Handler = Callable[[Settings, argparse.Namespace], int]
@@ -104,15 +106,27 @@ def _enqueue_options() -> argparse.ArgumentParser:
     common.add_argument(
         "--job-id", metavar="ID", help="the job's id; a job with this id is enqueued only once"
     )
+    common.add_argument(
+        "--replace-failed",
+        action="store_true",
+        help="with --job-id: if a failed job holds that id, replace it (its failure is deleted); "
+        "a queued, running or complete job is never replaced",
+    )
     return common
 
 
 def _configure_import(jobs: Subparsers, common: argparse.ArgumentParser) -> None:
     imp = jobs.add_parser("import", parents=[common], help="import a CSV file from the import dir")
     imp.add_argument("--dataset", required=True, help="customers or accounts")
-    imp.add_argument(
-        "--file", required=True, metavar="PATH", help="relative to ETL_IMPORT_DIR, or inside it"
+    where = imp.add_mutually_exclusive_group(required=True)
+    where.add_argument(
+        "--path",
+        metavar="NAME",
+        help="a file in the worker's import directory (ETL_IMPORT_DIR), read by the worker: "
+        "relative to it, or absolute inside it",
     )
+    # Deprecated (one release): --file reads a local file in every other command.
+    where.add_argument("--file", dest="legacy_path", metavar="NAME", help=argparse.SUPPRESS)
     imp.add_argument("--mode", default="upsert", help="upsert (default) or insert")
     imp.add_argument(
         "--max-reject-ratio",
@@ -126,7 +140,14 @@ def _configure_import(jobs: Subparsers, common: argparse.ArgumentParser) -> None
 def _configure_upsert(jobs: Subparsers, common: argparse.ArgumentParser) -> None:
     ups = jobs.add_parser("upsert", parents=[common], help="upsert rows from a local JSONL file")
     ups.add_argument("--dataset", required=True, help="customers or accounts")
-    ups.add_argument("--file", required=True, metavar="ROWS.jsonl", help="one JSON object a line")
+    ups.add_argument(
+        "--from-file",
+        "--file",
+        dest="file",
+        required=True,
+        metavar="ROWS.jsonl",
+        help="a local JSON Lines file read by this command: one row (a JSON object) a line",
+    )
 
 
 def _configure_export(jobs: Subparsers, common: argparse.ArgumentParser) -> None:
@@ -145,14 +166,24 @@ def _configure_export(jobs: Subparsers, common: argparse.ArgumentParser) -> None
         help="the next export of the named feed: every row written since its previous export "
         "(the first is complete); not with --since",
     )
+    exp.add_argument(
+        "--include",
+        action="append",
+        metavar="RELATION",
+        help="nest each customer's accounts in its line as an array: --include accounts "
+        "(--dataset customers --format jsonl only; not with --incremental)",
+    )
 
 
 def _configure_transfer(jobs: Subparsers, common: argparse.ArgumentParser) -> None:
     tra = jobs.add_parser("transfer", parents=[common], help="move money between accounts")
     tra.add_argument(
+        "--from-file",
         "--file",
+        dest="file",
         metavar="TRANSFERS.jsonl",
-        help='a local file of {"id", "from_account", "to_account", "amount_cents"} lines',
+        help="a local JSON Lines file read by this command: one transfer a line, "
+        '{"id", "from_account", "to_account", "amount_cents"}',
     )
     tra.add_argument("--from", dest="from_account", type=int, metavar="ID", help="paying account")
     tra.add_argument("--to", dest="to_account", type=int, metavar="ID", help="receiving account")
@@ -259,6 +290,31 @@ def configure_dashboard_parser(subparsers: Subparsers) -> None:
     parser.set_defaults(verbose=True)
 
 
+def configure_schedules_parser(subparsers: Subparsers) -> None:
+    parser = add_command(
+        subparsers,
+        "schedules",
+        cmd_schedules,
+        "list the scheduled jobs (ETL_SCHEDULES, or the nightly export) and their next runs",
+    )
+    add_json_flag(parser)
+
+
+def configure_db_parser(subparsers: Subparsers) -> None:
+    parser = add_command(
+        subparsers,
+        "db",
+        cmd_db,
+        "open psql on the configured database (the embedded one when DATABASE_URL is unset)",
+        aliases=["psql"],
+        epilog="psql's own arguments go after --: etl db -- -c 'select 1'. The password "
+        "reaches psql in its environment (PGPASSWORD), never on its command line.",
+    )
+    parser.add_argument(
+        "psql_args", nargs=argparse.REMAINDER, metavar="-- PSQL_ARGS", help="passed to psql"
+    )
+
+
 def configure_demo_parser(subparsers: Subparsers) -> None:
     parser = add_command(subparsers, "demo", cmd_demo, "run the sample scenario end to end")
     add_json_flag(parser, "print the summary as JSON")
@@ -286,6 +342,8 @@ def build_parser() -> argparse.ArgumentParser:
         configure_rejects_parser,
         configure_demo_parser,
         configure_dashboard_parser,
+        configure_schedules_parser,
+        configure_db_parser,
     ):
         configure(subparsers)
     return parser

@@ -1,8 +1,9 @@
 """Job payloads built from `etl enqueue` arguments, checked with the models the worker uses.
 
 Everything here runs before the CLI connects anywhere, so a bad argument is refused with a message
-naming the argument and nothing is enqueued. Local JSONL files (`upsert --file`, `transfer --file`)
-are read here; an import's `--file` is a path the worker resolves inside its import dir.
+naming the argument and nothing is enqueued. Local JSONL files (`upsert --from-file`,
+`transfer --from-file`) are read here; an import's `--path` is a file the worker opens in its
+import dir (`--file`, its old name, still works for one release).
 """
 
 from __future__ import annotations
@@ -34,15 +35,16 @@ ModelT = TypeVar("ModelT", bound=BaseModel)
 # Payload field -> the argument that fills it, so messages name what the operator typed.
 FLAGS: dict[str, str] = {
     "dataset": "--dataset",
-    "path": "--file",
+    "path": "--path",
     "mode": "--mode",
     "max_reject_ratio": "--max-reject-ratio",
     "format": "--format",
     "compress": "--gzip",
     "since": "--since",
     "incremental": "--incremental",
-    "rows": "--file",
-    "transfers": "--file",
+    "include": "--include",
+    "rows": "--from-file",
+    "transfers": "--from-file",
     "id": "--id",
     "from_account": "--from",
     "to_account": "--to",
@@ -76,11 +78,11 @@ def read_jsonl(path: str) -> list[tuple[int, dict[str, Any]]]:
     try:
         text = Path(path).read_bytes().decode("utf-8")
     except FileNotFoundError:
-        raise BadArgument(f"--file: {path}: no such file") from None
+        raise BadArgument(f"--from-file: {path}: no such file") from None
     except IsADirectoryError:
-        raise BadArgument(f"--file: {path}: is a directory, not a JSONL file") from None
+        raise BadArgument(f"--from-file: {path}: is a directory, not a JSONL file") from None
     except PermissionError:
-        raise BadArgument(f"--file: {path}: permission denied") from None
+        raise BadArgument(f"--from-file: {path}: permission denied") from None
     except UnicodeDecodeError as exc:
         raise BadArgument(f"{path} line {text_line_of(exc)}: not UTF-8 text") from None
     out: list[tuple[int, dict[str, Any]]] = []
@@ -118,18 +120,26 @@ def upsert_payload(*, dataset: str, file: str) -> UpsertRowsPayload:
     validated(UpsertRowsPayload, {"dataset": dataset, "rows": []})
     rows = [row for _, row in read_jsonl(file)]
     if not rows:
-        raise BadArgument(f"--file: {file} holds no rows")
+        raise BadArgument(f"--from-file: {file} holds no rows")
     return validated(UpsertRowsPayload, {"dataset": dataset, "rows": rows})
 
 
 def export_payload(
-    *, dataset: str, format: str, gzip: bool, since: str | None, incremental: str | None = None
+    *,
+    dataset: str,
+    format: str,
+    gzip: bool,
+    since: str | None,
+    incremental: str | None = None,
+    include: Sequence[str] | None = None,
 ) -> ExportPayload:
     data: dict[str, Any] = {"dataset": dataset, "format": format, "compress": gzip}
     if since is not None:
         data["since"] = since
     if incremental is not None:
         data["incremental"] = incremental
+    if include:
+        data["include"] = list(include)
     return validated(ExportPayload, data)
 
 
@@ -146,17 +156,19 @@ def transfer_payload(
     if file is not None:
         given = [flag for flag, value in single.items() if value is not None]
         if given:
-            raise BadArgument(f"--file: give either --file or {', '.join(given)}, not both")
+            raise BadArgument(
+                f"--from-file: give either --from-file or {', '.join(given)}, not both"
+            )
         items = [
             validated(TransferItem, row, where=f"{file} line {number}")
             for number, row in read_jsonl(file)
         ]
         if not items:
-            raise BadArgument(f"--file: {file} holds no transfers")
+            raise BadArgument(f"--from-file: {file} holds no transfers")
     else:
         missing = [f for f in ("--from", "--to", "--amount") if single[f] is None]
         if missing:
-            raise BadArgument(f"{', '.join(missing)}: required (or give --file)")
+            raise BadArgument(f"{', '.join(missing)}: required (or give --from-file)")
         items = [
             validated(
                 TransferItem,
@@ -180,7 +192,7 @@ def payload_from_args(args: argparse.Namespace) -> tuple[AnySpec, BaseModel]:
     if args.job == "import":
         return BY_NAME["import_file"], import_payload(
             dataset=args.dataset,
-            file=args.file,
+            file=args.path if args.path is not None else args.legacy_path,
             mode=args.mode,
             max_reject_ratio=args.max_reject_ratio,
         )
@@ -193,6 +205,7 @@ def payload_from_args(args: argparse.Namespace) -> tuple[AnySpec, BaseModel]:
             gzip=args.gzip,
             since=args.since,
             incremental=args.incremental,
+            include=args.include,
         )
     if args.job == "transfer":
         return BY_NAME["transfer_funds"], transfer_payload(

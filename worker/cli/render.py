@@ -7,12 +7,18 @@ from __future__ import annotations
 
 import json
 import sys
-from typing import Any
+from collections.abc import Sequence
+from datetime import datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote, urlsplit
 
 from jobs.imports.quarantine import DEFAULT_PAGE, RejectedLine
 from jobs.pages import Page
 from worker.status import JobState
+
+if TYPE_CHECKING:
+    from worker.schedules import Schedule
 
 
 def out(text: str = "") -> None:
@@ -179,3 +185,20 @@ def reject_lines(
         return [*lines, "end"]
     more = "" if limit == DEFAULT_PAGE else f" --limit {limit}"
     return [*lines, f"next: etl rejects {import_id} --after {page.next_after}{more}"]
+
+
+def schedule_lines(entries: Sequence[Schedule], *, now: datetime, source: Path | None) -> list[str]:
+    """`etl schedules`: a line per entry, in columns, under a header."""
+    if not entries:
+        return [f"no scheduled jobs: ETL_SCHEDULES {source} holds no [[schedule]] entry"]
+    rows = [("NAME", "JOB", "CRON (UTC)", "NEXT RUN (UTC)", "KEEP", "ARGUMENTS")]
+    for entry in entries:
+        keep = "-" if entry.keep is None else str(entry.keep)
+        when = entry.as_json(now)["next_run"]
+        rows.append((entry.name, entry.job, entry.cron_text, when, keep, compact(entry.kwargs)))
+    widths = [max(len(row[column]) for row in rows) for column in range(len(rows[0]) - 1)]
+    lines = []
+    for row in rows:
+        cells = [cell.ljust(width) for cell, width in zip(row[:-1], widths, strict=True)]
+        lines.append("  ".join([*cells, row[-1]]))
+    return lines
