@@ -104,6 +104,19 @@ def insert_accounts(count: int) -> str:
     """
 
 
+def insert_customer_accounts(*, count: int, key_prefix: str = "c") -> str:
+    """Accounts of customers 1..`count` (insert_customers' keys): customer `i` has two if `i` is
+    odd, else one (1.5 on average), with ids 2i-1 and 2i; timestamps with fractions of seconds."""
+    return f"""
+        insert into accounts (id, customer_external_id, currency, balance_cents, updated_at)
+        select a, '{key_prefix}' || lpad(i::text, 10, '0'),
+               (array['EUR', 'GBP', 'USD'])[1 + a % 3], a * 137 % 1000000000,
+               timestamptz '2024-01-01 00:00:00+00' + a * interval '1.25 seconds'
+        from generate_series(1, {count}) as i,
+             generate_series(2 * i - 1, 2 * i - 1 + i % 2) as a
+    """
+
+
 REJECT_EVERY = 50
 """One row in 50 (2%) of the realistic file breaks a rule."""
 _REJECT_AT = 7  # which row of each 50: i % 50 == 7

@@ -8,6 +8,7 @@ baseline loads the cleaned file, i.e. the rows the job keeps in the form the job
 
 from __future__ import annotations
 
+import asyncio
 import shutil
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -33,10 +34,12 @@ from bench.harness import (
     say,
     stopwatch,
 )
+from bench.moto import local_s3, s3_settings, unavailable
 from bench.pgclient import PgClient, timed_psql, timed_shell
 from bench.workers import run_via_worker
 from jobs.imports.job import import_file
 from jobs.models import ImportFilePayload, ImportResult
+from worker.context import CTX_KEY, AppContext
 from worker.runner import execute
 
 FILE_NAME = "customers.csv"
@@ -221,7 +224,59 @@ async def scenarios(bench: BenchContext) -> list[Row]:
             note=f"{WORKER_NOTE}; {SETTINGS_NOTE}",
         )
     )
+    rows.append(await from_s3(bench, path=path, prepare=empty, local=job))
     return rows
+
+
+async def from_s3(
+    bench: BenchContext,
+    *,
+    path: Path,
+    prepare: Callable[[], Awaitable[None]],
+    local: Callable[[], Awaitable[Measured]],
+) -> Row:
+    """The clean file's import from a bucket on a local moto server (started here), against the
+    same job reading the local file: what streaming the object costs."""
+    n = bench.rows
+    scenario = "import mode=insert, empty table, from S3 (moto)"
+    baseline_name = "import_file from the local file"
+    missing = unavailable()
+    if missing:
+        return Row(scenario=scenario, rows=n, baseline=baseline_name, note=f"skipped: {missing}")
+    with local_s3() as s3:
+        bucket = "bench"
+        say(f"import: uploading {path.name} to s3://{bucket}/inbox/ on a local moto server")
+        client = s3.client()
+        await asyncio.to_thread(client.create_bucket, Bucket=bucket)
+        await asyncio.to_thread(client.upload_file, str(path), bucket, f"inbox/{FILE_NAME}")
+        app = bench.app
+        settings = s3_settings(bench.settings, s3, bucket)
+        s3_app = AppContext(settings=settings, engine=app.engine, sessionmaker=app.sessionmaker)
+
+        async def job() -> Measured:
+            ctx = {**bench.job_ctx(), CTX_KEY: s3_app}
+            with stopwatch() as elapsed:
+                raw = await execute(import_file, ctx, dataset="customers", path=FILE_NAME,
+                                    mode="insert")  # fmt: skip
+            check_counts(ImportResult.model_validate(raw), mode="insert", rows=n, inserted=n,
+                         updated=0, rejected=0)  # fmt: skip
+            return Measured(seconds=elapsed[0], rows=n)
+
+        return await compare(
+            scenario=scenario,
+            rows=n,
+            rounds=bench.rounds,
+            prepare=prepare,
+            subject=job,
+            baseline_name=baseline_name,
+            baseline=local,
+            target=None,
+            note=(
+                "the object is read by one streaming GET (obstore) from moto's server on this "
+                "machine, in blocks, by the read-ahead thread; moto is a Python server, so this "
+                "shows the client's cost, not a real store's throughput"
+            ),
+        )
 
 
 async def realistic(

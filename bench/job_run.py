@@ -1,7 +1,7 @@
 """One job in a process of its own, so that the process's peak RSS is the job's alone.
 
     python -m bench.job_run --database-url URL --import-dir DIR --export-dir DIR --log-file F \\
-        export --format csv [--compress]
+        export --format csv [--compress] [--include accounts]
         import --path FILE --mode insert|upsert
         worker --redis-url URL --queue NAME --jobs N
 
@@ -20,6 +20,7 @@ import argparse
 import asyncio
 import contextlib
 import json
+import os
 import resource
 import sys
 import time
@@ -31,6 +32,7 @@ from bench.harness import BenchError, error_text
 from jobs.exports.job import export_dataset
 from jobs.imports.job import import_file
 from jobs.spec import JobSpec
+from jobs.storage import S3Url
 from worker.context import CTX_KEY, AppContext
 from worker.db import create_engine, create_sessionmaker
 from worker.logging import configure_logging
@@ -56,7 +58,7 @@ async def call_job(settings: Settings, args: argparse.Namespace) -> dict[str, An
         ctx = {CTX_KEY: app, "job_id": f"bench-{uuid.uuid4().hex[:12]}", "job_try": 1}
         spec: JobSpec[Any, Any] = export_dataset if args.job == "export" else import_file
         kwargs: dict[str, Any] = (
-            {"format": args.format, "compress": args.compress}
+            {"format": args.format, "compress": args.compress, "include": args.include or []}
             if args.job == "export"
             else {"path": args.path, "mode": args.mode}
         )
@@ -78,13 +80,15 @@ async def burst(settings: Settings, args: argparse.Namespace) -> dict[str, Any]:
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m bench.job_run")
     parser.add_argument("--database-url", required=True)
-    parser.add_argument("--import-dir", required=True, type=Path)
-    parser.add_argument("--export-dir", required=True, type=Path)
+    # A directory or an s3:// URL (the store's endpoint and keys come from the environment).
+    parser.add_argument("--import-dir", required=True)
+    parser.add_argument("--export-dir", required=True)
     parser.add_argument("--log-file", required=True, type=Path)
     jobs = parser.add_subparsers(dest="job", required=True)
     export = jobs.add_parser("export")
     export.add_argument("--format", choices=("csv", "jsonl"), required=True)
     export.add_argument("--compress", action="store_true")
+    export.add_argument("--include", choices=("accounts",), action="append")
     imports = jobs.add_parser("import")
     imports.add_argument("--path", required=True)
     imports.add_argument("--mode", choices=("insert", "upsert"), required=True)
@@ -121,14 +125,24 @@ def main(argv: list[str] | None = None) -> int:
 
 
 async def run_child(
-    *, url: str, import_dir: Path, export_dir: Path, log_file: Path, job: list[str]
+    *,
+    url: str,
+    import_dir: Path | S3Url,
+    export_dir: Path | S3Url,
+    log_file: Path,
+    job: list[str],
+    env: dict[str, str] | None = None,
 ) -> dict[str, Any]:
-    """Run `python -m bench.job_run ... JOB` and return its JSON line; BenchError if it failed."""
+    """Run `python -m bench.job_run ... JOB` and return its JSON line; BenchError if it failed.
+    `env`: variables added to the child's environment (an S3 store's endpoint and keys)."""
     argv = [sys.executable, "-m", "bench.job_run", "--database-url", url,
             "--import-dir", str(import_dir), "--export-dir", str(export_dir),
             "--log-file", str(log_file), *job]  # fmt: skip
     proc = await asyncio.create_subprocess_exec(
-        *argv, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
+        *argv,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        env=None if env is None else {**os.environ, **env},
     )
     out, err = await proc.communicate()
     try:

@@ -1,10 +1,12 @@
-"""Confining a caller-supplied path to one directory (the import dir, the export dir)."""
+"""Confining a caller-supplied path to one directory (the import dir, the export dir), or to one
+prefix of a bucket when that directory is an `s3://` URL."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 from jobs.errors import PathNotAllowed
+from jobs.storage import S3_SCHEME, ObjectPath, is_s3_url, key_problem
 
 
 def resolve_inside(base: Path, path: str) -> Path:
@@ -26,3 +28,26 @@ def resolve_inside(base: Path, path: str) -> Path:
             f"path {path[:200]!r} is outside {str(base)!r}; give a path inside that directory"
         )
     return target
+
+
+def object_inside(root: ObjectPath, path: str) -> ObjectPath:
+    """`path` (a key relative to `root`, or its `s3://` URL inside it) as an object under `root`.
+
+    S3 keys are taken literally (no store resolves `..`), so rather than resolve anything, a key
+    with a `.`, `..` or empty segment is refused, as are absolute paths and URLs elsewhere.
+    """
+    if not path or "\x00" in path:
+        raise PathNotAllowed(f"path {path[:80]!r} is not a usable file name")
+    outside = PathNotAllowed(
+        f"path {path[:200]!r} is outside {str(root)!r}; give a key relative to it "
+        "(no '..', '.' or empty segments)"
+    )
+    if is_s3_url(path):
+        bucket, _, key = path.strip()[len(S3_SCHEME) :].partition("/")
+        target = ObjectPath(bucket, key, root.options)
+        if key_problem(key) is not None or not target.is_inside(root):
+            raise outside
+        return target
+    if "://" in path or path.startswith("/") or key_problem(path) is not None:
+        raise outside
+    return root / path

@@ -15,6 +15,8 @@ from typing import Any, Generic, Protocol, TypeVar
 from pydantic import BaseModel
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from jobs.storage import ObjectPath
+
 PayloadT = TypeVar("PayloadT", bound=BaseModel)
 ResultT = TypeVar("ResultT", bound=BaseModel)
 
@@ -23,8 +25,9 @@ ResultT = TypeVar("ResultT", bound=BaseModel)
 class JobConfig:
     """The settings jobs read; the worker fills it from its own settings at start-up."""
 
-    import_dir: Path
-    export_dir: Path
+    import_dir: Path | ObjectPath
+    """A local directory, or a prefix in a bucket (`s3://` settings: jobs/storage.py)."""
+    export_dir: Path | ObjectPath
     export_keep: int
     nightly_datasets: tuple[str, ...]
 

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from jobs.spec import JobConfig
+from jobs.storage import located
 from worker.settings import Settings
 
 if TYPE_CHECKING:
@@ -33,9 +34,10 @@ class AppContext:
     def job_config(self) -> JobConfig:
         """The settings jobs read, handed to them through their run handle."""
         s = self.settings
+        s3 = s.s3_options()
         return JobConfig(
-            import_dir=s.import_dir,
-            export_dir=s.export_dir,
+            import_dir=located(s.import_dir, s3),
+            export_dir=located(s.export_dir, s3),
             export_keep=s.export_keep,
             nightly_datasets=tuple(s.nightly_dataset_names),
         )

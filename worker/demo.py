@@ -29,6 +29,7 @@ from arq.worker import Worker
 from pydantic import BaseModel
 from sqlalchemy import select
 
+from jobs.errors import ConfigError
 from jobs.models import (
     ExportPayload,
     ImportFilePayload,
@@ -195,6 +196,11 @@ async def _stop_worker(worker: Worker, task: asyncio.Task[None]) -> None:
 async def scenario(settings: Settings, *, say: Callable[[str], None]) -> dict[str, Any]:
     """Run the demo's jobs through a worker in this process; return the summary."""
     started = time.monotonic()
+    if not isinstance(settings.import_dir, Path):
+        raise ConfigError(
+            "etl demo writes its sample files into ETL_IMPORT_DIR: give it a local directory, "
+            "not an s3:// URL"
+        )
     write_samples(settings.import_dir)
     worker, task = _start_worker(settings)
     demo = _Demo(settings=settings, say=say, worker_task=task)

@@ -15,7 +15,7 @@ import signal
 import subprocess
 import time
 import warnings
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from pathlib import Path
 
 import structlog
@@ -122,18 +122,28 @@ def resolve(settings: Settings) -> Settings:
     return settings.model_copy(update=update)
 
 
-def stop(settings: Settings) -> list[str]:
-    """Stop the embedded servers under the state dir; return what was stopped."""
+def running(settings: Settings) -> list[str]:
+    """The embedded servers running under the state dir now: `postgres`, `redis`."""
+    found = []
+    if (settings.state_dir / "pg" / "postmaster.pid").exists():
+        found.append("postgres")
+    if _redis_answers(settings.state_dir / _REDIS_SOCKET):
+        found.append("redis")
+    return found
+
+
+def stop(settings: Settings, *, servers: Collection[str] = ("postgres", "redis")) -> list[str]:
+    """Stop the embedded `servers` under the state dir; return what was stopped."""
     stopped: list[str] = []
     state_dir = settings.state_dir
     pid_file = state_dir / "redis.pid"
-    if pid_file.exists():
+    if "redis" in servers and pid_file.exists():
         with contextlib.suppress(ProcessLookupError, ValueError):
             os.kill(int(pid_file.read_text().strip()), signal.SIGTERM)
             stopped.append("redis")
         pid_file.unlink(missing_ok=True)
     pgdata = state_dir / "pg"
-    if (pgdata / "postmaster.pid").exists():
+    if "postgres" in servers and (pgdata / "postmaster.pid").exists():
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             from pgserver._commands import pg_ctl  # type: ignore[attr-defined]

@@ -15,6 +15,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError
 
+from jobs.storage import S3Options, S3Url, is_s3_url, parse_s3_url
 from worker.sentinel import SentinelURL, is_sentinel_url, parse_sentinel_url
 
 _PG_SCHEMES = {"postgresql", "postgres", "postgresql+asyncpg"}
@@ -105,10 +106,19 @@ class Settings(BaseSettings):
     redis_wait_ms: int = Field(default=500, ge=1, le=10_000, alias="ETL_REDIS_WAIT_MS")
     """How long one enqueue waits for those confirmations before it is tried again."""
 
-    import_dir: Path = Field(default=Path("data/inbox"), alias="ETL_IMPORT_DIR")
-    """Import files are read only from inside this directory."""
-    export_dir: Path = Field(default=Path("data/exports"), alias="ETL_EXPORT_DIR")
-    """Export files are written only inside this directory."""
+    import_dir: Path | S3Url = Field(default=Path("data/inbox"), alias="ETL_IMPORT_DIR")
+    """Import files are read only from inside this directory, or this `s3://bucket/prefix`."""
+    export_dir: Path | S3Url = Field(default=Path("data/exports"), alias="ETL_EXPORT_DIR")
+    """Export files are written only inside this directory, or this `s3://bucket/prefix`."""
+    s3_endpoint_url: str | None = Field(default=None, alias="ETL_S3_ENDPOINT_URL")
+    """Endpoint of an S3-compatible store (MinIO, R2, Ceph...) for s3:// dirs; unset: AWS."""
+    aws_access_key_id: str | None = Field(default=None, alias="AWS_ACCESS_KEY_ID", repr=False)
+    aws_secret_access_key: SecretStr | None = Field(
+        default=None, alias="AWS_SECRET_ACCESS_KEY", repr=False
+    )
+    aws_session_token: SecretStr | None = Field(default=None, alias="AWS_SESSION_TOKEN", repr=False)
+    aws_region: str | None = Field(default=None, alias="AWS_REGION")
+    """Region of the bucket; unset: obstore's default (AWS_DEFAULT_REGION, else us-east-1)."""
     state_dir: Path = Field(default=Path(".etl"), alias="ETL_STATE_DIR")
     """Where the embedded servers keep their data."""
 
@@ -157,6 +167,8 @@ class Settings(BaseSettings):
     """Comma-separated datasets the nightly export writes."""
     export_keep: int = Field(default=7, ge=1, alias="ETL_EXPORT_KEEP")
     """Nightly files kept per dataset; older ones are deleted."""
+    schedules_file: Path | None = Field(default=None, alias="ETL_SCHEDULES")
+    """A TOML file of scheduled jobs (worker/schedules.py); unset: the nightly export only."""
 
     metrics_port: int | None = Field(default=None, ge=0, le=65535, alias="ETL_METRICS_PORT")
     """Serve Prometheus metrics on this port at /metrics (0: any free port); unset means off."""
@@ -180,15 +192,33 @@ class Settings(BaseSettings):
     def _check_redis_url(cls, value: str | None) -> str | None:
         return check_redis_url(value) if value else None
 
-    @field_validator("metrics_port", mode="before")
+    @field_validator("metrics_port", "schedules_file", mode="before")
     @classmethod
-    def _empty_port_is_off(cls, value: object) -> object:
+    def _empty_is_unset(cls, value: object) -> object:
         return None if isinstance(value, str) and not value.strip() else value
+
+    @field_validator("import_dir", "export_dir", mode="before")
+    @classmethod
+    def _s3_url(cls, value: object) -> object:
+        return parse_s3_url(value) if isinstance(value, str) and is_s3_url(value) else value
 
     @field_validator("import_dir", "export_dir", "state_dir")
     @classmethod
-    def _absolute(cls, value: Path) -> Path:
-        return value.expanduser().absolute()
+    def _absolute(cls, value: Path | S3Url) -> Path | S3Url:
+        return value.expanduser().absolute() if isinstance(value, Path) else value
+
+    @field_validator("s3_endpoint_url")
+    @classmethod
+    def _check_endpoint(cls, value: str | None) -> str | None:
+        if not value or not value.strip():
+            return None
+        parts = urlsplit(value.strip())
+        if parts.scheme not in ("http", "https") or not parts.hostname or "@" in parts.netloc:
+            raise ValueError(
+                "ETL_S3_ENDPOINT_URL must be http(s)://host[:port], with no credentials in it "
+                "(they come from AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY)"
+            )
+        return value.strip().rstrip("/")
 
     @property
     def resolved_log_format(self) -> Literal["json", "console"]:
@@ -199,6 +229,17 @@ class Settings(BaseSettings):
     @property
     def nightly_dataset_names(self) -> list[str]:
         return [name.strip() for name in self.nightly_datasets.split(",") if name.strip()]
+
+    def s3_options(self) -> S3Options:
+        """The store's endpoint and credentials for s3:// directories."""
+        secret, token = self.aws_secret_access_key, self.aws_session_token
+        return S3Options(
+            endpoint_url=self.s3_endpoint_url,
+            region=self.aws_region or None,
+            access_key_id=self.aws_access_key_id or None,
+            secret_access_key=secret.get_secret_value() or None if secret else None,
+            session_token=token.get_secret_value() or None if token else None,
+        )
 
     def database_url_safe(self) -> str | None:
         return None if self.database_url is None else redact_url(self.database_url)

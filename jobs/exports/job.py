@@ -20,6 +20,7 @@ from jobs.models import ExportPayload, ExportResult
 from jobs.paths import resolve_inside
 from jobs.registry import Dataset, get_dataset
 from jobs.spec import JobRun, etl_job
+from jobs.storage import ObjectPath
 
 
 def as_utc(value: datetime | None) -> datetime | None:
@@ -29,8 +30,11 @@ def as_utc(value: datetime | None) -> datetime | None:
     return value.replace(tzinfo=UTC)
 
 
-def dataset_directory(export_dir: Path, dataset: Dataset) -> Path:
-    """`<export dir>/<dataset>`, created 0750 if missing; refused if a symlink leads out of it."""
+def dataset_directory(export_dir: Path | ObjectPath, dataset: Dataset) -> Path | ObjectPath:
+    """`<export dir>/<dataset>`, created 0750 if missing; refused if a symlink leads out of it.
+    In a bucket, the prefix `<prefix>/<dataset>` (nothing to create; names are the registry's)."""
+    if isinstance(export_dir, ObjectPath):
+        return export_dir / dataset.name
     ensure_directory(export_dir)
     directory = resolve_inside(export_dir, dataset.name)
     ensure_directory(directory)
@@ -55,13 +59,15 @@ async def export_datasets(
     since: datetime | None,
     prefix: str = "",
     feed: str | None = None,
+    include: Sequence[str] = (),
 ) -> list[ExportResult]:
     """Export each dataset from one snapshot; the files appear only once all of them are written.
 
     One snapshot makes the files agree with each other (every account's customer is in the
     customers file). A failure leaves none of them, and no temp file, behind. With `feed` (one
     dataset only), the export is the feed's next one: published before its transaction commits,
-    so that the feed advances only if the file is in place (jobs/exports/feeds.py).
+    so that the feed advances only if the file is in place (jobs/exports/feeds.py). With
+    `include`, each JSON line nests those relationships (jobs/exports/nested.py).
     """
     export_dir = run.config.export_dir
     directories = [dataset_directory(export_dir, dataset) for dataset in datasets]
@@ -88,6 +94,7 @@ async def export_datasets(
                         since=since,
                         position=position,
                         prefix=prefix,
+                        include=include,
                     )
                 )
             step = "while publishing"
@@ -120,6 +127,12 @@ async def _publish_with_feed(
 @etl_job(name="export_dataset", payload=ExportPayload, result=ExportResult, timeout_s=3600)
 async def export_dataset(run: JobRun, payload: ExportPayload) -> ExportResult:
     """Stream one dataset to a CSV or JSON Lines file (optionally gzipped) under the export dir."""
+    return await export_one(run, payload)
+
+
+async def export_one(run: JobRun, payload: ExportPayload, *, prefix: str = "") -> ExportResult:
+    """`export_dataset`'s work; `prefix` starts the file's name (a schedule entry's name: see
+    jobs/exports/scheduled.py, which runs every export_dataset argument through here)."""
     (result,) = await export_datasets(
         run,
         datasets=[get_dataset(payload.dataset)],
@@ -127,5 +140,7 @@ async def export_dataset(run: JobRun, payload: ExportPayload) -> ExportResult:
         compress=payload.compress,
         since=as_utc(payload.since),
         feed=payload.incremental,
+        include=payload.include,
+        prefix=prefix,
     )
     return result

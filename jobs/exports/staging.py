@@ -15,14 +15,17 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, overload
 
 from jobs.exports.feeds import FeedPosition
 from jobs.exports.files import StagedFile
+from jobs.exports.nested import nested_columns, stream_nested_jsonl
+from jobs.exports.objects import StagedObject, staged_file
 from jobs.exports.stream import Snapshot, copy_csv, stream_jsonl
 from jobs.models import ExportResult
 from jobs.registry import Dataset
 from jobs.spec import JobRun
+from jobs.storage import ObjectPath
 
 ExportFormat = Literal["csv", "jsonl"]
 MANIFEST_SUFFIX = ".manifest.json"
@@ -45,7 +48,13 @@ def export_file_name(
     return f"{prefix}{dataset}-{stamp}-{tag}.{fmt}{'.gz' if compress else ''}"
 
 
-def manifest_path(export_file: Path) -> Path:
+@overload
+def manifest_path(export_file: Path) -> Path: ...
+@overload
+def manifest_path(export_file: ObjectPath) -> ObjectPath: ...
+@overload
+def manifest_path(export_file: Path | ObjectPath) -> Path | ObjectPath: ...
+def manifest_path(export_file: Path | ObjectPath) -> Path | ObjectPath:
     return export_file.with_name(export_file.name + MANIFEST_SUFFIX)
 
 
@@ -53,13 +62,14 @@ def manifest_path(export_file: Path) -> Path:
 class StagedExport:
     """An export written under its temp name, waiting to be renamed into place."""
 
-    file: StagedFile
+    file: StagedFile | StagedObject
+    """Under a temp name, or a multipart upload not yet completed (jobs/exports/objects.py)."""
     manifest: dict[str, Any]
     result: ExportResult
 
-    async def stage_manifest(self) -> StagedFile:
+    async def stage_manifest(self) -> StagedFile | StagedObject:
         """The manifest, written and fsynced under its temp name."""
-        staged = StagedFile(manifest_path(self.file.final), compress=False)
+        staged = staged_file(manifest_path(self.file.final), compress=False)
         try:
             await staged.write((json.dumps(self.manifest, indent=2) + "\n").encode())
             await staged.finish()
@@ -84,8 +94,8 @@ async def publish_all(exports: Sequence[StagedExport]) -> list[ExportResult]:
     ignore (nightly retention deletes them in time, and stale temp files after two hours).
     """
     files = [export.file for export in exports]
-    manifests: list[StagedFile] = []
-    published: list[StagedFile] = []
+    manifests: list[StagedFile | StagedObject] = []
+    published: list[StagedFile | StagedObject] = []
     try:
         for export in exports:
             manifests.append(await export.stage_manifest())
@@ -104,17 +114,28 @@ async def publish_all(exports: Sequence[StagedExport]) -> list[ExportResult]:
 async def _write(
     run: JobRun,
     snap: Snapshot,
-    staged: StagedFile,
+    staged: StagedFile | StagedObject,
     *,
     dataset: Dataset,
     fmt: ExportFormat,
     since: datetime | None,
     position: FeedPosition | None,
+    include: Sequence[str] = (),
 ) -> int:
     async def progress(rows: int) -> None:
         await run.progress(rows=rows)
 
     await run.progress(rows=0)
+    if include:  # JSON Lines only, never incremental (the payload refuses both)
+        assert fmt == "jsonl" and position is None
+        return await stream_nested_jsonl(
+            snap,
+            dataset=dataset,
+            include=include,
+            since=since,
+            sink=staged.write,
+            progress=progress,
+        )
     stream = copy_csv if fmt == "csv" else stream_jsonl
     changes = None if position is None else position.changes
     return await stream(
@@ -127,12 +148,13 @@ async def stage_export(
     snap: Snapshot,
     *,
     dataset: Dataset,
-    directory: Path,
+    directory: Path | ObjectPath,
     fmt: ExportFormat,
     compress: bool,
     since: datetime | None,
     position: FeedPosition | None,
     prefix: str,
+    include: Sequence[str] = (),
 ) -> StagedExport:
     """Write the dataset under a temp name beside its final name; the temp goes on failure."""
     name = export_file_name(
@@ -143,10 +165,17 @@ async def stage_export(
         tag=job_tag(run.job_id),
         prefix=prefix,
     )
-    staged = StagedFile(directory / name, compress=compress)
+    staged = staged_file(directory / name, compress=compress)
     try:
         rows = await _write(
-            run, snap, staged, dataset=dataset, fmt=fmt, since=since, position=position
+            run,
+            snap,
+            staged,
+            dataset=dataset,
+            fmt=fmt,
+            since=since,
+            position=position,
+            include=include,
         )
         digest = await staged.finish()
     except BaseException:
@@ -176,4 +205,6 @@ async def stage_export(
         "snapshot_at": snap.taken_at.astimezone(UTC).isoformat(),
         "job_id": run.job_id,
     }
+    if include:  # each line's arrays and their columns; absent from flat exports' manifests
+        manifest["include"] = nested_columns(dataset, include)
     return StagedExport(file=staged, manifest=manifest, result=result)

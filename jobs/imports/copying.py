@@ -2,7 +2,8 @@
 
 The file is read and scanned one block ahead in a thread (readahead.py); that thread also writes
 each block's rejects to their spool and, when SQL will judge rows later, the forwarded records' raw
-bytes to the record spill. Nothing on the event loop touches a file.
+bytes to the record spill. Nothing on the event loop touches a file, nor an object in a bucket
+(jobs/imports/objects.py: its GET is read in blocks by the same thread).
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from pathlib import Path
 import asyncpg
 
 from jobs.errors import InputFileError
-from jobs.imports.csvinput import Header, InputReader, read_header
+from jobs.imports.csvinput import Header, InputReader, Source, read_header
 from jobs.imports.csvscan import Scanned, Scanner
 from jobs.imports.readahead import ReadAhead
 from jobs.imports.rejects import RejectLog
@@ -26,7 +27,7 @@ from jobs.registry import Dataset
 BATCH_BYTES = 16 << 20
 
 
-def open_input(path: Path, *, name: str, dataset: Dataset) -> tuple[InputReader, Header]:
+def open_input(path: Path | Source, *, name: str, dataset: Dataset) -> tuple[InputReader, Header]:
     """The file opened and its header row read and checked. Blocking: run it in a thread."""
     reader = InputReader(path, name=name)
     try:
@@ -36,7 +37,7 @@ def open_input(path: Path, *, name: str, dataset: Dataset) -> tuple[InputReader,
         raise
 
 
-def input_header(path: Path, *, name: str, dataset: Dataset) -> Header:
+def input_header(path: Path | Source, *, name: str, dataset: Dataset) -> Header:
     """The file's header row, checked (the file is closed again). Blocking: run it in a thread."""
     reader, header = open_input(path, name=name, dataset=dataset)
     reader.close()
@@ -46,7 +47,7 @@ def input_header(path: Path, *, name: str, dataset: Dataset) -> Header:
 async def copy_input(
     driver: asyncpg.Connection,
     *,
-    path: Path,
+    path: Path | Source,
     name: str,
     dataset: Dataset,
     columns: Sequence[str],

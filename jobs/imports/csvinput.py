@@ -1,4 +1,5 @@
-"""Reading an import file: opening it (regular files only), gzip, its digest, the header row."""
+"""Reading an import file: opening it (regular files only, or an object: a `Source`), gzip, its
+digest, the header row."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import stat
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO
+from typing import Protocol
 
 from jobs.errors import InputFileError
 from jobs.registry import Dataset
@@ -22,15 +23,40 @@ _BOM = b"\xef\xbb\xbf"
 _GZIP_MAGIC = b"\x1f\x8b"
 
 
-class _Hashing:
-    """A binary file whose bytes are hashed as they are read (gzip reads through it)."""
+class RawInput(Protocol):
+    """A binary file read front to back."""
 
-    def __init__(self, raw: IO[bytes]) -> None:
+    def read(self, size: int = -1, /) -> bytes: ...
+
+    def close(self) -> None: ...
+
+
+class Source(Protocol):
+    """An import file that is not a local path (jobs/imports/objects.py: an object in a bucket).
+    Both methods block: call them in a thread."""
+
+    def open(self) -> RawInput: ...
+
+    def sha256(self) -> str: ...
+
+
+class _Hashing:
+    """A binary file whose bytes are hashed as they are read (gzip reads through it).
+
+    `head`: bytes already read from `raw` (to sniff gzip), given back first: an object's stream
+    cannot seek back."""
+
+    def __init__(self, raw: RawInput, *, head: bytes = b"") -> None:
         self._raw = raw
+        self._head = head
         self.digest = hashlib.sha256()
 
     def read(self, size: int = -1, /) -> bytes:
-        data = self._raw.read(size)
+        head, self._head = self._head, b""
+        if head and 0 <= size <= len(head):
+            data, self._head = head[:size], head[size:]
+        else:
+            data = head + self._raw.read(size - len(head) if size >= 0 else -1)
         self.digest.update(data)
         return data
 
@@ -67,7 +93,10 @@ def open_regular(path: Path, *, name: str) -> io.BufferedReader:
             raise _not_regular(name, mode)
         fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
     except FileNotFoundError:
-        raise InputFileError(f"{name}: no such file in the import directory") from None
+        # The import job adds which directory that is (import_file).
+        raise InputFileError(
+            f"{name}: no such file in the import directory", missing=True
+        ) from None
     except PermissionError:
         raise InputFileError(f"{name}: cannot be read (permission denied)") from None
     except OSError as exc:
@@ -80,8 +109,10 @@ def open_regular(path: Path, *, name: str) -> io.BufferedReader:
     return open(fd, "rb")
 
 
-def file_sha256(path: Path, *, name: str) -> str:
+def file_sha256(path: Path | Source, *, name: str) -> str:
     """The SHA-256 of the file on disk, read in blocks. Blocking: call it in a thread."""
+    if not isinstance(path, Path):
+        return path.sha256()
     with open_regular(path, name=name) as file:
         try:
             return hashlib.file_digest(file, "sha256").hexdigest()
@@ -96,14 +127,14 @@ class InputReader:
     thread.
     """
 
-    def __init__(self, path: Path, *, name: str) -> None:
+    def __init__(self, path: Path | Source, *, name: str) -> None:
         self.name = name
-        raw = open_regular(path, name=name)
+        raw = open_regular(path, name=name) if isinstance(path, Path) else path.open()
         self._raw = raw
-        self._hashing = _Hashing(raw)
         # Sniffed rather than trusted to the name: a gzip file called .csv still loads.
-        gzipped = raw.read(2) == _GZIP_MAGIC
-        raw.seek(0)
+        head = raw.read(2)
+        gzipped = head == _GZIP_MAGIC
+        self._hashing = _Hashing(raw, head=head)
         if name.endswith(".gz") and not gzipped:
             raw.close()
             raise InputFileError(f"{name}: not a gzip file, though its name ends in .gz")

@@ -23,6 +23,10 @@ Everything an import records (rows, rejects with their raw lines, the file's SHA
 one read of the file: rejects SQL finds after COPY take their lines from the record spill the scan
 wrote (spill.py), not from the file read again. No file is opened or read on the event loop: a
 FIFO in the import directory would stop the whole worker (csvinput.open_regular).
+
+With an `s3://` import dir, the file is an object under its prefix (paths.object_inside), read by
+streaming GETs in the same threads; the first read fixes its version, so the rows and the digest
+recorded come from one version of it (objects.py).
 """
 
 from __future__ import annotations
@@ -44,12 +48,13 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from sqlalchemy.schema import CreateTable
 
 from jobs.db import driver_connection
-from jobs.errors import TooManyRejects, TransientError, sqlstate_of
+from jobs.errors import InputFileError, TooManyRejects, TransientError, sqlstate_of
 from jobs.imports import cleanlines
 from jobs.imports.copying import copy_input, input_header
 from jobs.imports.csvinput import file_sha256
 from jobs.imports.csvscan import RowCheck, Scanner
 from jobs.imports.merge import upsert_staged
+from jobs.imports.objects import ObjectSource
 from jobs.imports.record import Outcome, record, recorded, too_many
 from jobs.imports.rejects import RejectLog
 from jobs.imports.spill import RecordSpill
@@ -62,10 +67,11 @@ from jobs.imports.staging import (
     staging_table,
 )
 from jobs.models import ImportFilePayload, ImportResult
-from jobs.paths import resolve_inside
+from jobs.paths import object_inside, resolve_inside
 from jobs.registry import Dataset, get_dataset
 from jobs.schema import import_rejects
 from jobs.spec import JobRun, etl_job
+from jobs.storage import ObjectPath
 
 log = structlog.get_logger("jobs.imports")
 
@@ -85,10 +91,22 @@ async def import_file(run: JobRun, payload: ImportFilePayload) -> ImportResult:
     """Load a CSV (or gzipped CSV) file from ETL_IMPORT_DIR: every valid row, or none."""
     dataset = get_dataset(payload.dataset, writable=True)
     import_dir = run.config.import_dir
-    path = await asyncio.to_thread(resolve_inside, import_dir, payload.path)
-    name = str(path.relative_to(await asyncio.to_thread(import_dir.resolve)))
+    path: Path | ObjectSource
+    if isinstance(import_dir, ObjectPath):
+        target = object_inside(import_dir, payload.path)
+        name = target.relative_to(import_dir)
+        path = ObjectSource(target, name=name)
+    else:
+        path = await asyncio.to_thread(resolve_inside, import_dir, payload.path)
+        name = str(path.relative_to(await asyncio.to_thread(import_dir.resolve)))
     # A missing file or a bad header fails now, before a transaction is opened.
-    header = await asyncio.to_thread(input_header, path, name=name, dataset=dataset)
+    try:
+        header = await asyncio.to_thread(input_header, path, name=name, dataset=dataset)
+    except InputFileError as exc:
+        if not exc.context.get("missing"):
+            raise
+        # Named: whoever enqueued it may have meant a file on their own machine.
+        raise InputFileError(f"{name}: no such file in the import directory {import_dir}") from None
     job = _Import(
         run=run,
         dataset=dataset,
@@ -108,7 +126,8 @@ class _Import:
     dataset: Dataset
     mode: str
     max_reject_ratio: float
-    path: Path
+    path: Path | ObjectSource
+    """A file, or an object whose first read (the header's) fixed the version later reads get."""
     name: str
     columns: tuple[str, ...]
     import_id: uuid.UUID

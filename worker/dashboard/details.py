@@ -7,6 +7,7 @@ import asyncio
 import uuid
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
@@ -116,8 +117,9 @@ async def job_details(d: Dashboard, job_id: str, *, rejects_after: int | None) -
             )
         except Exception as exc:  # PostgreSQL away or not configured: the rest still shows
             details.rejects_error = f"rejected lines unavailable: {type(exc).__name__}"
-    if state.function in _EXPORTING and state.state == "complete":
-        export_dir = d.settings.export_dir
+    export_dir = d.settings.export_dir
+    # Files in a bucket are not looked at from here: the result's path names them.
+    if state.function in _EXPORTING and state.state == "complete" and isinstance(export_dir, Path):
         details.files = [
             (dataset, await asyncio.to_thread(file_info, export_dir, path))
             for dataset, path in _export_paths(state)

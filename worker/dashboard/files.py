@@ -83,6 +83,10 @@ async def download(request: Request) -> Response:
     """GET /download?path=<relative to the export dir>: the file, as an attachment."""
     export_dir = dashboard(request).settings.export_dir
     path = request.query_params.get("path", "")
+    if not isinstance(export_dir, Path):
+        return PlainTextResponse(
+            "exports are in object storage (ETL_EXPORT_DIR); fetch it there", 404
+        )
     try:
         target = await asyncio.to_thread(regular_file, export_dir, path)
     except PathNotAllowed:

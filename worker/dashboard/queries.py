@@ -211,9 +211,13 @@ class Queries:
 
     def _nightly_files(self) -> dict[str, list[ExportFile]]:
         found: dict[str, list[ExportFile]] = {}
+        export_dir = self.settings.export_dir
         for dataset in self.settings.nightly_dataset_names:
+            if not isinstance(export_dir, Path):  # in a bucket: not listed here
+                found[dataset] = []
+                continue
             try:
-                paths = nightly_files(self.settings.export_dir / dataset, dataset)
+                paths = nightly_files(export_dir / dataset, dataset)
             except OSError:
                 paths = []  # no export yet, or the export dir is on another machine
             files = []
