@@ -134,6 +134,9 @@ class ExportPayload(Payload):
     not by plain SQL updates), so an export can miss rows: `incremental` does not."""
     incremental: FeedName | None = None
     """The feed's name; its cursor is stored in the database (table export_feeds)."""
+    include: Annotated[list[Literal["accounts"]], Field(exclude_if=operator.not_)] = []
+    """Relationships nested in each JSON line: `accounts`, each customer's accounts as an array
+    (customers only, format jsonl, not incremental). Left out of the JSON when empty."""
 
     @field_validator("since", mode="before")
     @classmethod
@@ -174,6 +177,30 @@ class ExportPayload(Payload):
                 "previous export ended; give one or the other"
             )
         return value
+
+    @field_validator("include")
+    @classmethod
+    def _nestable(cls, value: list[str], info: ValidationInfo) -> list[str]:
+        if not value:
+            return value
+        nested = ", ".join(dict.fromkeys(value))
+        dataset = info.data.get("dataset")
+        if dataset is not None and dataset != "customers":
+            raise ValueError(
+                f"only the customers dataset can include {nested}, not {dataset}; "
+                "drop include or export customers"
+            )
+        if info.data.get("format", "jsonl") != "jsonl":
+            raise ValueError(
+                f"{nested} can be nested only in format jsonl: a CSV row holds no arrays; "
+                "give format jsonl"
+            )
+        if info.data.get("incremental") is not None:
+            raise ValueError(
+                "cannot be combined with incremental: a feed carries the rows of one table, and "
+                "a changed account does not change its customer's row; give one or the other"
+            )
+        return list(dict.fromkeys(value))  # each once, in the order given
 
 
 class FeedExport(BaseModel):

@@ -167,16 +167,8 @@ async def stage_export(
     )
     staged = staged_file(directory / name, compress=compress)
     try:
-        rows = await _write(
-            run,
-            snap,
-            staged,
-            dataset=dataset,
-            fmt=fmt,
-            since=since,
-            position=position,
-            include=include,
-        )
+        rows = await _write(run, snap, staged, dataset=dataset, fmt=fmt, since=since,
+                            position=position, include=include)  # fmt: skip
         digest = await staged.finish()
     except BaseException:
         await staged.discard()

@@ -47,6 +47,8 @@ class Snapshot:
     conn: AsyncConnection
     taken_at: datetime
     """The database clock when the snapshot was taken (UTC)."""
+    session: AsyncSession
+    """The session whose transaction this is, for ORM queries (`conn` is its connection)."""
     opening: object = None
     """What `first` returned, if given."""
 
@@ -72,7 +74,7 @@ async def snapshot(
         await conn.execute(text("set local timezone = 'UTC'"))
         opening = None if first is None else await first(conn)
         taken_at = (await conn.execute(select(func.clock_timestamp()))).scalar_one()
-        yield Snapshot(conn=conn, taken_at=taken_at, opening=opening)
+        yield Snapshot(conn=conn, taken_at=taken_at, session=session, opening=opening)
 
 
 def rows_query(

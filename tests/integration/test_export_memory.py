@@ -2,7 +2,8 @@
 
 Each export runs in a child process (this module's `__main__`) whose peak RSS (Linux's VmHWM) is
 reset once the imports are done, so the peak is the export's own; the same table is exported at
-N rows and at 5N rows, both many times the batch size.
+N rows and at 5N rows, both many times the batch size. Nested exports (customers with their
+accounts, `include=["accounts"]`) likewise at 100k and 500k customers.
 """
 
 from __future__ import annotations
@@ -55,7 +56,13 @@ async def add_customers(engine: AsyncEngine, *, first: int, last: int) -> None:
 
 
 async def export_in_child(
-    database_url: str, export_dir: Path, *, fmt: str, compress: bool, since: str | None
+    database_url: str,
+    export_dir: Path,
+    *,
+    fmt: str,
+    compress: bool,
+    since: str | None,
+    include: str = "",
 ) -> dict[str, Any]:
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
@@ -66,6 +73,7 @@ async def export_in_child(
         fmt,
         "gzip" if compress else "plain",
         since or "",
+        include,
         cwd=ROOT,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
@@ -114,6 +122,57 @@ async def test_peak_memory_does_not_grow_with_rows(
         assert large["peak_mb"] < CEILING_MB, summary
 
 
+# Nested exports (customers with their accounts as ORM objects, jobs/exports/nested.py) are
+# slower per row: fewer rows, still many partitions. 1.5 accounts per customer.
+NESTED_N = 100_000
+NESTED_SLACK_MB = 10.0
+
+
+async def add_accounts(engine: AsyncEngine, *, first: int, last: int) -> None:
+    """Accounts of customers `first`..`last` (add_customers' keys): two for odd ones, else one."""
+    async with engine.begin() as conn:
+        await conn.execute(
+            text(
+                "insert into accounts (id, customer_external_id, currency, balance_cents)"
+                " select a, 'C' || g, 'EUR', a"
+                " from generate_series(cast(:first as bigint), cast(:last as bigint)) g,"
+                " generate_series(2 * g - 1, 2 * g - 1 + g % 2) a"
+            ),
+            {"first": first, "last": last},
+        )
+        await conn.execute(text("analyze accounts"))
+
+
+@pytest.mark.timeout(900)
+async def test_nested_export_memory_does_not_grow_with_customers(
+    engine: AsyncEngine, database_url: str, clean_db: None, tmp_path: Path
+) -> None:
+    from jobs.exports.nested import YIELD_PER
+
+    assert YIELD_PER * 50 <= NESTED_N
+    reports: list[dict[str, Any]] = []
+    for first, last in ((1, NESTED_N), (NESTED_N + 1, 5 * NESTED_N)):
+        await add_customers(engine, first=first, last=last)
+        await add_accounts(engine, first=first, last=last)
+        report = await export_in_child(
+            database_url, tmp_path, fmt="jsonl", compress=False, since=None, include="accounts"
+        )
+        assert report["rows"] == last
+        reports.append(report)
+    small, large = reports
+    small_export = small["peak_mb"] - small["base_mb"]
+    large_export = large["peak_mb"] - large["base_mb"]
+    summary = (
+        f"jsonl with accounts: peak RSS {small['peak_mb']:.1f} MB at {small['rows']:,} customers"
+        f" (export +{small_export:.1f} MB, {small['seconds']:.1f} s),"
+        f" {large['peak_mb']:.1f} MB at {large['rows']:,}"
+        f" (export +{large_export:.1f} MB, {large['seconds']:.1f} s)"
+    )
+    print(summary)
+    assert large_export <= small_export * GROWTH + NESTED_SLACK_MB, summary
+    assert large["peak_mb"] < CEILING_MB, summary
+
+
 def _status_mb(field: str) -> float:
     status = Path("/proc/self/status").read_text()
     (line,) = [line for line in status.splitlines() if line.startswith(field + ":")]
@@ -126,7 +185,13 @@ def _reset_peak() -> None:
 
 
 async def _child(
-    database_url: str, export_dir: Path, *, fmt: str, compress: bool, since: str | None
+    database_url: str,
+    export_dir: Path,
+    *,
+    fmt: str,
+    compress: bool,
+    since: str | None,
+    include: str = "",
 ) -> dict[str, Any]:
     from jobs.exports.job import export_dataset
     from jobs.models import ExportPayload
@@ -150,6 +215,8 @@ async def _child(
             fields["incremental"] = f"memory-{fmt}"
         else:
             fields["since"] = since
+        if include:
+            fields["include"] = include.split(",")
         started = time.perf_counter()
         result = await export_dataset.impl(run, ExportPayload.model_validate(fields))
         seconds = time.perf_counter() - started
@@ -166,8 +233,15 @@ async def _child(
 
 
 if __name__ == "__main__":
-    url, directory, fmt, compression, since = sys.argv[1:6]
+    url, directory, fmt, compression, since, include = sys.argv[1:7]
     report = asyncio.run(
-        _child(url, Path(directory), fmt=fmt, compress=compression == "gzip", since=since or None)
+        _child(
+            url,
+            Path(directory),
+            fmt=fmt,
+            compress=compression == "gzip",
+            since=since or None,
+            include=include,
+        )
     )
     print(json.dumps(report))
