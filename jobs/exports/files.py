@@ -78,31 +78,28 @@ def _unlink_durably(path: Path) -> None:
     _fsync_directory(path.parent)
 
 
-class StagedFile:
-    """A file being written under a temp name; `finish()`, then `publish()` or `discard()`;
-    `withdraw()` takes a published file back.
+class StagedOutput:
+    """Bytes on their way to one destination: `finish()`, then `publish()` or `discard()`;
+    `withdraw()` takes a published output back. Subclasses say how bytes go out (`_put`), how
+    the output is sealed, made visible, removed before and after publishing.
 
-    `write()` collects bytes into blocks and hands each block to this file's writer thread,
+    `write()` collects bytes into blocks and hands each block to this output's writer thread,
     which compresses, hashes and writes it while the event loop receives the next block: zlib,
-    hashlib and file writes release the GIL, so compression overlaps the database stream. One
-    thread per file keeps its operations in order, so a `discard()` issued while a block is
-    being written closes the file only after that write, even if the job is being cancelled.
+    hashlib, file writes and uploads release the GIL, so compression overlaps the database
+    stream. One thread per output keeps its operations in order, so a `discard()` issued while a
+    block is being written cleans up only after that write, even if the job is being cancelled.
     """
 
-    def __init__(self, final: Path, *, compress: bool) -> None:
-        self.final = final
-        self.temp = temp_name(final)
-        self._fd: int | None = os.open(
-            self.temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, FILE_MODE
-        )
-        os.fchmod(self._fd, FILE_MODE)  # os.open's mode is filtered by the umask
+    thread_name = "export-writer"
+
+    def __init__(self, *, compress: bool) -> None:
         self._compressor = (
             zlib.compressobj(GZIP_LEVEL, zlib.DEFLATED, _GZIP_WBITS) if compress else None
         )
         self._hash = hashlib.sha256()
         self._size = 0
         self._buffer = bytearray()
-        self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="export-writer")
+        self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix=self.thread_name)
         self._pending: Future[None] | None = None
         self._finished = False
         self._done = False
@@ -118,36 +115,36 @@ class StagedFile:
             self._pending = self._writer.submit(self._sink, block)
 
     async def finish(self) -> FileDigest:
-        """Write what is left, end the gzip stream, fsync and close; the name is still the temp."""
+        """Write what is left, end the gzip stream and seal; not visible under its name yet."""
         await self._wait_pending()
         block = bytes(self._buffer)
         self._buffer.clear()
-        await asyncio.wrap_future(self._writer.submit(self._close, block))
+        await asyncio.wrap_future(self._writer.submit(self._end, block))
         self._finished = True
         return FileDigest(bytes=self._size, sha256=self._hash.hexdigest())
 
     async def publish(self) -> None:
-        """Rename the finished file to its final name, durably."""
+        """Make the finished output visible under its final name, whole."""
         if not self._finished:
             raise RuntimeError("publish() before finish()")
-        await asyncio.wrap_future(self._writer.submit(self._rename))
+        await asyncio.wrap_future(self._writer.submit(self._make_visible))
         self._done = self._published = True
         self._writer.shutdown(wait=False)
 
     async def withdraw(self) -> None:
-        """Remove a published file from its final name, durably; otherwise as `discard()`."""
+        """Take a published output back; otherwise as `discard()`."""
         if not self._published:
             await self.discard()
             return
         self._published = False
-        await asyncio.to_thread(_unlink_durably, self.final)
+        await asyncio.to_thread(self._take_back)
 
     async def discard(self) -> None:
-        """Remove the temp file; a no-op once published. Safe to call more than once."""
+        """Remove what was written; a no-op once published. Safe to call more than once."""
         if self._done:
             return
         self._done = True
-        cleanup = self._writer.submit(self._remove)
+        cleanup = self._writer.submit(self._clean_up)
         self._writer.shutdown(wait=False)
         await asyncio.wrap_future(cleanup)
 
@@ -156,34 +153,73 @@ class StagedFile:
             pending, self._pending = self._pending, None
             await asyncio.wrap_future(pending)
 
+    # in the writer thread
+
     def _sink(self, block: bytes) -> None:
         if self._compressor is not None:
             block = self._compressor.compress(block)
-        self._write_out(block)
+        self._emit(block)
 
-    def _write_out(self, block: bytes) -> None:
-        assert self._fd is not None
+    def _emit(self, block: bytes) -> None:
         self._hash.update(block)
+        self._put(block)
+        self._size += len(block)
+
+    def _end(self, block: bytes) -> None:
+        self._sink(block)
+        if self._compressor is not None:
+            self._emit(self._compressor.flush())
+        self._seal()
+
+    def _put(self, block: bytes) -> None:
+        raise NotImplementedError
+
+    def _seal(self) -> None:
+        """Make what was written durable (it is not visible yet)."""
+
+    def _make_visible(self) -> None:
+        raise NotImplementedError
+
+    def _take_back(self) -> None:
+        raise NotImplementedError
+
+    def _clean_up(self) -> None:
+        raise NotImplementedError
+
+
+class StagedFile(StagedOutput):
+    """A file written under a temp name, renamed into place when published."""
+
+    def __init__(self, final: Path, *, compress: bool) -> None:
+        self.final = final
+        self.temp = temp_name(final)
+        self._fd: int | None = os.open(
+            self.temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, FILE_MODE
+        )
+        os.fchmod(self._fd, FILE_MODE)  # os.open's mode is filtered by the umask
+        super().__init__(compress=compress)
+
+    def _put(self, block: bytes) -> None:
+        assert self._fd is not None
         view = memoryview(block)
         while view:
             written = os.write(self._fd, view)
             view = view[written:]
-        self._size += len(block)
 
-    def _close(self, block: bytes) -> None:
-        self._sink(block)
-        if self._compressor is not None:
-            self._write_out(self._compressor.flush())
+    def _seal(self) -> None:
         assert self._fd is not None
         os.fsync(self._fd)
         os.close(self._fd)
         self._fd = None
 
-    def _rename(self) -> None:
+    def _make_visible(self) -> None:
         os.replace(self.temp, self.final)
         _fsync_directory(self.final.parent)
 
-    def _remove(self) -> None:
+    def _take_back(self) -> None:
+        _unlink_durably(self.final)
+
+    def _clean_up(self) -> None:
         if self._fd is not None:
             os.close(self._fd)
             self._fd = None

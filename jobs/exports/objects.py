@@ -17,17 +17,13 @@ aborts incomplete multipart uploads after a day (README, "Object storage").
 
 from __future__ import annotations
 
-import asyncio
-import hashlib
-import zlib
-from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import structlog
 
 from jobs.errors import EtlError
-from jobs.exports.files import BLOCK_BYTES, GZIP_LEVEL, ExportFileError, FileDigest, StagedFile
+from jobs.exports.files import ExportFileError, StagedFile, StagedOutput
 from jobs.storage import ObjectPath, storage_failure
 
 if TYPE_CHECKING:
@@ -40,7 +36,6 @@ log = structlog.get_logger("jobs.exports.objects")
 # (PARTS_IN_FLIGHT + 1) x PART_BYTES.
 PART_BYTES = 8 << 20
 PARTS_IN_FLIGHT = 2
-_GZIP_WBITS = 16 + zlib.MAX_WBITS  # as files.py: a gzip header and trailer
 MANIFEST_SUFFIX = ".manifest.json"  # as staging.MANIFEST_SUFFIX (staging imports this module)
 
 
@@ -55,79 +50,21 @@ def staged_file(final: Path | ObjectPath, *, compress: bool) -> StagedFile | Sta
     return StagedFile(final, compress=compress)
 
 
-class StagedObject:
-    """An object being uploaded: `finish()`, then `publish()` or `discard()`; `withdraw()`
-    deletes a published one. The calls are StagedFile's, in the same order."""
+class StagedObject(StagedOutput):
+    """An object uploaded in parts: invisible until the upload completes on `publish()`;
+    `discard()` aborts the upload, `withdraw()` deletes a published object."""
+
+    thread_name = "export-upload"
 
     def __init__(self, final: ObjectPath, *, compress: bool) -> None:
         store = final.store()  # first: ConfigError if the s3 extra is not installed
         import obstore
 
         self.final = final
-        self._compressor = (
-            zlib.compressobj(GZIP_LEVEL, zlib.DEFLATED, _GZIP_WBITS) if compress else None
-        )
-        self._hash = hashlib.sha256()
-        self._size = 0
-        self._buffer = bytearray()
         self._upload: WritableFile | None = obstore.open_writer(
             store, final.key, buffer_size=PART_BYTES, max_concurrency=PARTS_IN_FLIGHT
         )
-        self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="export-upload")
-        self._pending: Future[None] | None = None
-        self._finished = False
-        self._done = False
-        self._published = False
-
-    async def write(self, data: bytes | bytearray | memoryview) -> None:
-        self._buffer += data
-        if len(self._buffer) >= BLOCK_BYTES:
-            block = bytes(self._buffer)
-            self._buffer.clear()
-            # At most one block in the thread: memory stays fixed however fast rows arrive.
-            await self._wait_pending()
-            self._pending = self._writer.submit(self._sink, block)
-
-    async def finish(self) -> FileDigest:
-        """Write what is left and end the gzip stream; the object is not visible yet."""
-        await self._wait_pending()
-        block = bytes(self._buffer)
-        self._buffer.clear()
-        await asyncio.wrap_future(self._writer.submit(self._end, block))
-        self._finished = True
-        return FileDigest(bytes=self._size, sha256=self._hash.hexdigest())
-
-    async def publish(self) -> None:
-        """Upload the last part and complete the upload: the object appears, whole."""
-        if not self._finished:
-            raise RuntimeError("publish() before finish()")
-        await asyncio.wrap_future(self._writer.submit(self._complete))
-        self._done = self._published = True
-        self._writer.shutdown(wait=False)
-
-    async def withdraw(self) -> None:
-        """Delete a published object; otherwise as `discard()`."""
-        if not self._published:
-            await self.discard()
-            return
-        self._published = False
-        await asyncio.to_thread(self._delete)
-
-    async def discard(self) -> None:
-        """Abort the upload; a no-op once published. Safe to call more than once."""
-        if self._done:
-            return
-        self._done = True
-        cleanup = self._writer.submit(self._abort)
-        self._writer.shutdown(wait=False)
-        await asyncio.wrap_future(cleanup)
-
-    async def _wait_pending(self) -> None:
-        if self._pending is not None:
-            pending, self._pending = self._pending, None
-            await asyncio.wrap_future(pending)
-
-    # in the writer thread
+        super().__init__(compress=compress)
 
     def _failure(self, exc: BaseException) -> EtlError:
         return storage_failure(
@@ -138,26 +75,14 @@ class StagedObject:
             setting="ETL_EXPORT_DIR",
         )
 
-    def _sink(self, block: bytes) -> None:
-        if self._compressor is not None:
-            block = self._compressor.compress(block)
-        self._send(block)
-
-    def _send(self, block: bytes) -> None:
+    def _put(self, block: bytes) -> None:
         assert self._upload is not None
-        self._hash.update(block)
-        self._size += len(block)
         try:
             self._upload.write(block)  # waits while PARTS_IN_FLIGHT parts are uploading
         except Exception as exc:
             raise self._failure(exc) from None
 
-    def _end(self, block: bytes) -> None:
-        self._sink(block)
-        if self._compressor is not None:
-            self._send(self._compressor.flush())
-
-    def _complete(self) -> None:
+    def _make_visible(self) -> None:
         assert self._upload is not None
         upload, self._upload = self._upload, None
         try:
@@ -165,7 +90,7 @@ class StagedObject:
         except Exception as exc:
             raise self._failure(exc) from None
 
-    def _abort(self) -> None:
+    def _clean_up(self) -> None:
         upload, self._upload = self._upload, None
         if upload is None:
             return
@@ -174,7 +99,7 @@ class StagedObject:
         except Exception as exc:  # the export's own error matters more; the lifecycle rule cleans
             log.warning("export.abort_failed", path=str(self.final), error=str(self._failure(exc)))
 
-    def _delete(self) -> None:
+    def _take_back(self) -> None:
         import obstore
 
         try:

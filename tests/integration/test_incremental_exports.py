@@ -460,9 +460,9 @@ def failing_at(where: str, dataset: str = "customers") -> Callable[..., Any]:
 @pytest.mark.parametrize(
     ("method", "where", "step"),
     [
-        ("_write_out", ".csv", "while writing customers"),
-        ("_rename", ".csv", "while publishing"),
-        ("_rename", ".manifest.json", "while publishing"),
+        ("_put", ".csv", "while writing customers"),
+        ("_make_visible", ".csv", "while publishing"),
+        ("_make_visible", ".manifest.json", "while publishing"),
     ],
 )
 async def test_a_failed_export_does_not_advance_the_feed(

@@ -320,13 +320,13 @@ def failing(method: str, *, dataset: str, name_has: str) -> Any:
     ("method", "dataset", "name_has", "step"),
     [
         # the second of three data files fails while it is written
-        ("_write_out", "accounts", ".csv.gz", "while writing accounts"),
+        ("_put", "accounts", ".csv.gz", "while writing accounts"),
         # every data file is written; then the second one's manifest fails
-        ("_write_out", "accounts", ".manifest.json", "while publishing"),
+        ("_put", "accounts", ".manifest.json", "while publishing"),
         # renames: the second data file, the first and the last manifests
-        ("_rename", "accounts", ".csv.gz", "while publishing"),
-        ("_rename", "customers", ".manifest.json", "while publishing"),
-        ("_rename", "transfers", ".manifest.json", "while publishing"),
+        ("_make_visible", "accounts", ".csv.gz", "while publishing"),
+        ("_make_visible", "customers", ".manifest.json", "while publishing"),
+        ("_make_visible", "transfers", ".manifest.json", "while publishing"),
     ],
 )
 async def test_a_tick_publishes_all_its_files_or_none(
