@@ -140,6 +140,9 @@ def test_every_page_renders(client: TestClient, jobs: Scenario) -> None:
         "state": "not_found",
     }
     schedule = client.get("/api/schedule").json()
+    assert [(e["name"], e["function"], e["cron"]) for e in schedule["entries"]] == [
+        ("nightly_export", "nightly_export", "0 2 * * *")
+    ]
     assert schedule["nightly_at_utc"] == "02:00"
     assert schedule["next_job_id"].startswith("nightly_export:")
     assert schedule["next_job_id"].endswith("123")  # arq's tick microseconds
@@ -355,3 +358,26 @@ async def test_etl_dashboard_serves_on_loopback(settings: Settings, tmp_path: Pa
     assert f"on http://127.0.0.1:{port}/ (actions need ETL_DASHBOARD_TOKEN)" in text
     assert TOKEN not in text + out.decode()
     assert (proc.returncode, text.splitlines()[-1]) == (0, "dashboard stopped")
+
+
+def test_the_schedule_page_lists_every_entry_of_the_schedules_file(
+    dash_settings: Settings, tmp_path: Path
+) -> None:
+    schedules = tmp_path / "schedules.toml"
+    schedules.write_text(
+        '[[schedule]]\nname = "hourly-transfers"\ncron = "5 * * * *"\njob = "export_dataset"\n'
+        'args = { dataset = "transfers", incremental = "hourly-transfers", format = "jsonl" }\n'
+        "keep = 48\n\n"
+        '[[schedule]]\nname = "nightly_export"\ncron = "0 2 * * *"\njob = "nightly_export"\n'
+    )
+    with_file = dash_settings.model_copy(update={"schedules_file": schedules})
+    with TestClient(create_app(with_file), base_url="http://127.0.0.1:8787") as client:
+        entries = client.get("/api/schedule").json()["entries"]
+        assert [(e["name"], e["function"], e["cron"], e["keep"]) for e in entries] == [
+            ("hourly-transfers", "export_dataset@hourly-transfers", "5 * * * *", 48),
+            ("nightly_export", "nightly_export", "0 2 * * *", None),
+        ]
+        assert entries[0]["next_run"].endswith(":05:00+00:00")
+        page = client.get("/schedule")
+        assert page.status_code == 200
+        assert "hourly-transfers" in page.text and "5 * * * *" in page.text

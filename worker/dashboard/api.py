@@ -114,6 +114,17 @@ async def schedule(request: Request) -> Response:
     s = await dashboard(request).queries.schedule()
     return JSONResponse(
         {
+            "entries": [
+                {
+                    "name": e.name,
+                    "function": e.function,
+                    "cron": e.cron,
+                    "next_run": e.next_run.isoformat() if e.next_run else None,
+                    "keep": e.keep,
+                    "args": e.kwargs,
+                }
+                for e in s.entries
+            ],
             "nightly_at_utc": s.nightly_at,
             "next_run": s.next_run.isoformat() if s.next_run else None,
             "next_job_id": s.next_job_id,

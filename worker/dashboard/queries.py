@@ -21,6 +21,7 @@ from redis.asyncio import Redis
 from jobs.exports.retention import nightly_files
 from worker.keys import done_key, failed_key, rate_key
 from worker.main import cron_jobs
+from worker.schedules import load_schedules
 from worker.settings import Settings
 from worker.status import JobState, read_states
 from worker.workers import WorkerRecord, list_workers
@@ -72,7 +73,20 @@ class ExportFile:
 
 
 @dataclass(frozen=True, slots=True)
+class ScheduleEntry:
+    """One entry of ETL_SCHEDULES (or the default nightly export) and its next run."""
+
+    name: str
+    function: str
+    cron: str
+    next_run: datetime | None
+    keep: int | None
+    kwargs: dict[str, object]
+
+
+@dataclass(frozen=True, slots=True)
 class Schedule:
+    entries: list[ScheduleEntry]
     nightly_at: str
     next_run: datetime | None
     next_job_id: str | None
@@ -183,26 +197,43 @@ class Queries:
     async def schedule(self) -> Schedule:
         """The nightly export: its next run, its last runs (kept results), the files kept."""
         settings = self.settings
-        (job,) = cron_jobs(settings)
-        job.calculate_next(datetime.now(UTC))
-        next_run: datetime | None = job.next_run
+        now = datetime.now(UTC)
+        entries = [
+            ScheduleEntry(
+                name=entry.name,
+                function=entry.function,
+                cron=entry.cron_text,
+                next_run=entry.next_run(now),
+                keep=entry.keep,
+                kwargs=dict(entry.kwargs),
+            )
+            for entry in load_schedules(settings)
+        ]
+        nightly = [j for j in cron_jobs(settings) if j.name == "nightly_export"]
+        job = nightly[0] if nightly else None
+        next_run: datetime | None = None
+        if job is not None:
+            job.calculate_next(now)
+            next_run = job.next_run
+        name = job.name if job is not None else "nightly_export"
         ids: list[str] = []
         if next_run is not None:
             # arq names a unique cron tick's job `<name>:<tick in ms>`; the schedule is daily.
             days = min(max(settings.keep_result_s // 86_400 + 1, 1), 31)
             ticks = [next_run - timedelta(days=d) for d in range(1, days + 1)]
-            ids = [f"{job.name}:{to_unix_ms(t)}" for t in ticks]
+            ids = [f"{name}:{to_unix_ms(t)}" for t in ticks]
         # Runs at other times (ETL_NIGHTLY_AT changed, a retry) are in the index.
-        indexed = await self.redis.zrevrange(done_key(self.queue, job.name), 0, NIGHTLY_RUNS - 1)
+        indexed = await self.redis.zrevrange(done_key(self.queue, name), 0, NIGHTLY_RUNS - 1)
         ids += [i.decode() for i in indexed if i.decode() not in ids]
         runs = [s for s in await self.states(ids) if s.state != "not_found"]
         epoch = datetime.min.replace(tzinfo=UTC)
         runs.sort(key=lambda s: s.finished_at or s.enqueued_at or epoch, reverse=True)
         files = await asyncio.to_thread(self._nightly_files)
         return Schedule(
+            entries=entries,
             nightly_at=settings.nightly_at.isoformat(timespec="minutes"),
             next_run=next_run,
-            next_job_id=None if next_run is None else f"{job.name}:{to_unix_ms(next_run)}",
+            next_job_id=None if next_run is None else f"{name}:{to_unix_ms(next_run)}",
             datasets=settings.nightly_dataset_names,
             keep=settings.export_keep,
             runs=runs[:NIGHTLY_RUNS],
