@@ -377,7 +377,7 @@ def test_the_schedule_page_lists_every_entry_of_the_schedules_file(
             ("hourly-transfers", "export_dataset@hourly-transfers", "5 * * * *", 48),
             ("nightly_export", "nightly_export", "0 2 * * *", None),
         ]
-        assert entries[0]["next_run"].endswith(":05:00+00:00")
+        assert ":05:00" in entries[0]["next_run"]
         page = client.get("/schedule")
         assert page.status_code == 200
         assert "hourly-transfers" in page.text and "5 * * * *" in page.text
