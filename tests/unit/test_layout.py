@@ -7,6 +7,7 @@ every entry point needs) never imports an entry point (what faces people and app
 from __future__ import annotations
 
 import ast
+import re
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -96,3 +97,18 @@ def test_the_check_sees_a_forbidden_import(tmp_path: Path) -> None:
     module = tmp_path / "m.py"
     module.write_text("def f():\n    from worker.settings import Settings\n")
     assert "worker.settings" in imported(module, "jobs.m")
+
+
+FORBIDDEN_DOORS = re.compile(r"\bengine\.(connect|begin)\(|create_async_engine|AsyncEngine\b")
+
+
+def test_jobs_touch_the_database_only_through_their_session() -> None:
+    """One door: every job opens a session from the worker's sessionmaker, never the engine."""
+    offenders = [
+        f"{name}:{n}: {line.strip()}"
+        for name, path in modules("jobs")
+        for n, line in enumerate(path.read_text().splitlines(), 1)
+        if FORBIDDEN_DOORS.search(line)
+    ]
+    assert offenders == []
+    assert FORBIDDEN_DOORS.search("async with run.engine.begin() as conn:")
