@@ -13,15 +13,13 @@ from datetime import UTC, datetime
 from typing import Any
 
 import structlog
-from arq import cron
 from arq.connections import RedisSettings
 from arq.cron import CronJob
 from arq.worker import Function, func
 
 from jobs.catalogue import FUNCTIONS, SCHEDULED
-from jobs.exports.nightly import nightly_export
 from jobs.spec import AnySpec
-from worker import embedded, tracing
+from worker import embedded, schedules, tracing
 from worker.context import CTX_KEY, AppContext
 from worker.db import create_engine, create_sessionmaker
 from worker.logging import configure_logging, reclaim_arq_logger
@@ -118,24 +116,10 @@ def functions(settings: Settings, specs: Iterable[AnySpec] = FUNCTIONS) -> list[
 
 
 def cron_jobs(settings: Settings) -> list[CronJob]:
-    at = settings.nightly_at
-    return [
-        cron(
-            arq_function(nightly_export),
-            name=nightly_export.name,
-            hour={at.hour},
-            minute={at.minute},
-            second={at.second},
-            # One run per tick across all workers: arq gives the tick's job a fixed id and refuses
-            # that id while the job is queued or its result is kept. arq keeps no cron result by
-            # default, so a worker enqueuing late (its loop stalled past the run) would queue the
-            # tick again, to run when arq's 60 s in-progress lock lapsed; a kept result stops that.
-            unique=True,
-            keep_result=settings.keep_result_s,
-            timeout=nightly_export.timeout_s + ARQ_TIMEOUT_MARGIN_S,
-            max_tries=settings.max_tries,
-        )
-    ]
+    """The scheduled jobs (worker/schedules.py): ETL_SCHEDULES' entries, or the nightly export."""
+    return schedules.cron_jobs(
+        schedules.load_schedules(settings), settings, timeout_margin_s=ARQ_TIMEOUT_MARGIN_S
+    )
 
 
 def cron_schedule(settings: Settings, now: datetime) -> list[dict[str, str | None]]:
