@@ -4,10 +4,13 @@ Pure: bytes in, bytes out, no I/O. The import feeds the file's content after the
 blocks; for each block it gets the CSV to send to COPY and the rows it rejected.
 
 Blocks whose every line is clean (cleanlines.py) go to COPY as they are, which is what makes a
-clean file load at COPY's speed. Every other line is read by the csv module (quoted fields may span
-lines), checked against the row rules, and either rejected with its line number and raw bytes or
-written out again from the validated values. COPY therefore only ever sees well-formed CSV with
-valid values, so the import's outcome never depends on where COPY would have stopped.
+clean file load at COPY's speed. Lines that are clean once trimmed and case-mapped (a messy
+export's mixed-case e-mails, lower-case countries, padded names) are written out again from the
+fields the patterns found, a run of lines at a time and with no Python-level work per line. Every
+other line is read by the csv module (quoted fields may span lines), checked against the row
+rules, and either rejected with its line number and raw bytes or written out again from the
+validated values. COPY therefore only ever sees well-formed CSV with valid values, so the import's
+outcome never depends on where COPY would have stopped.
 """
 
 from __future__ import annotations
@@ -125,7 +128,8 @@ class Scanner:
         self._keep_raw = keep_raw
         self._kept: list[RawRecords] = []
         self._run: list[bytes] = []
-        """Raw one-line records forwarded one by one, not yet in _kept."""
+        """Raw one-line records forwarded, not yet in _kept: `_run_count` lines in pieces."""
+        self._run_count = 0
         self._run_first = 0
 
     # feeding
@@ -189,10 +193,12 @@ class Scanner:
 
     # keeping the raw bytes of forwarded records (before _forwarded() counts them)
 
-    def _keep_line(self, raw: bytes) -> None:
+    def _keep_lines(self, raw: bytes, count: int) -> None:
+        """`count` one-line records, joined by \\n, without their last line terminator."""
         if not self._run:
             self._run_first = self.forwarded + 1
         self._run.append(raw)
+        self._run_count += count
 
     def _keep(self, data: bytes, count: int) -> None:
         self._flush_run()
@@ -201,8 +207,9 @@ class Scanner:
     def _flush_run(self) -> None:
         if self._run:
             data = b"\n".join(self._run) + b"\n"
-            self._kept.append(RawRecords(self._run_first, data, len(self._run)))
+            self._kept.append(RawRecords(self._run_first, data, self._run_count))
             self._run = []
+            self._run_count = 0
 
     # processing
 
@@ -215,7 +222,8 @@ class Scanner:
 
     def _scan(self, block: bytes, *, final: bool) -> _Processed:
         clean = self._clean
-        if clean is not None and block.endswith(b"\n") and clean.whole_block(block):
+        terminated = block.endswith(b"\n")
+        if clean is not None and terminated and clean.whole_block(block):
             count = block.count(b"\n")
             if self._keep_raw:
                 self._keep(block, count)
@@ -224,25 +232,23 @@ class Scanner:
             self.line += count
             data = block.replace(b"\r\n", b"\n") if b"\r" in block else block
             return _Processed(Scanned(data=data))
-        terminated = block.endswith(b"\n")
         lines = block.split(b"\n")
         if terminated:
             lines.pop()
+        normalised = clean.normalise(block, lines) if clean is not None else None
         pieces: list[bytes] = []
         rejects: list[Reject] = []
         i = 0
         while i < len(lines):
+            if normalised is not None:
+                stop = normalised.taken_until(i)
+                if stop > i:
+                    pieces.append(normalised.render(i, stop))
+                    self._forward_lines(lines, i, stop)
+                    i = stop
+                    continue
             line = lines[i]
             if line in (b"", b"\r"):
-                self.line += 1
-                i += 1
-                continue
-            if clean is not None and clean.line(line):
-                pieces.append(line.removesuffix(b"\r") + b"\n")
-                if self._keep_raw:
-                    self._keep_line(line.removesuffix(b"\r"))
-                self._forwarded(1, line=self.line)
-                self.rows += 1
                 self.line += 1
                 i += 1
                 continue
@@ -254,6 +260,18 @@ class Scanner:
                 return _Processed(Scanned(b"".join(pieces), rejects), leftover)
             i += used
         return _Processed(Scanned(b"".join(pieces), rejects))
+
+    def _forward_lines(self, lines: list[bytes], start: int, stop: int) -> None:
+        """Count `lines[start:stop]`, one-line records the patterns took, as forwarded."""
+        count = stop - start
+        if self._keep_raw:
+            raw = b"\n".join(lines[start:stop])
+            if b"\r" in raw:
+                raw = raw.replace(b"\r\n", b"\n").removesuffix(b"\r")
+            self._keep_lines(raw, count)
+        self._forwarded(count, line=self.line)
+        self.rows += count
+        self.line += count
 
     def _record(
         self,
@@ -307,7 +325,7 @@ class Scanner:
             return used
         out.append(csv_line([values[c] for c in self.columns]))
         if self._keep_raw and used == 1:
-            self._keep_line(raw)
+            self._keep_lines(raw, 1)
         elif self._keep_raw:
             self._keep(raw + b"\n", 1)
         self._forwarded(1, line=line, span=used)

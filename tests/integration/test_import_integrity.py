@@ -30,6 +30,7 @@ from jobs.errors import IdempotencyConflict, InputFileError, TooManyRejects
 from jobs.imports import csvinput, merge
 from jobs.imports import job as imports
 from jobs.imports import rejects as reject_spool
+from jobs.imports.cleanlines import CleanLines
 from jobs.imports.csvinput import open_regular
 from jobs.imports.job import import_file, import_id_for
 from jobs.imports.rejects import RejectLog, kept_raw
@@ -46,6 +47,13 @@ from tests.support.import_files import (
     write,
 )
 from tests.support.worker_helpers import run_burst
+from tests.unit.test_csv_cleanlines import (
+    ACCOUNT_COLUMNS,
+    CUSTOMER_COLUMNS,
+    encode,
+    messy_field,
+    shuffled_case,
+)
 from tests.unit.test_csv_scan import messy_file, scanner
 from worker.context import CTX_KEY, AppContext
 from worker.runner import RunHandle
@@ -572,3 +580,116 @@ async def test_the_reject_ratio_is_compared_exactly(
         "nothing was loaded. line 2: email: must hold exactly one @ with a name before it;"
     )
     assert await count(engine, "customers") == 0
+
+
+# Lines the fast path writes out again (trimmed, case-mapped) store what the rules store
+
+
+def fuzzed_lines(rng: random.Random, columns: tuple[str, ...], n: int, key: str) -> list[bytes]:
+    """Lines from the unit fuzzer's messy fields; column `key` unique per line (k00000, ...),
+    though in any case and padded, so insert mode can COPY straight into the table."""
+    lines = []
+    for i in range(n):
+        fields = [messy_field(rng, c) for c in columns]
+        fields[columns.index(key)] = (
+            rng.choice(["", " ", "  "]) + shuffled_case(rng, f"k{i:05d}") + rng.choice(["", " "])
+        )
+        lines.append(",".join(encode(rng, f) for f in fields).encode("utf-8", "surrogatepass"))
+    return lines
+
+
+async def fast_and_slow(
+    app: AppContext,
+    engine: AsyncEngine,
+    monkeypatch: pytest.MonkeyPatch,
+    *,
+    seed: str | None,
+    path: str,
+    dataset: str,
+    mode: str,
+    table: str,
+) -> list[Any]:
+    outcomes = []
+    for fast in (True, False):
+        monkeypatch.setattr(imports, "FAST_PATH", fast)
+        async with engine.begin() as conn:
+            await conn.execute(text("truncate customers, import_rejects, import_runs cascade"))
+        if seed is not None:
+            await run_import(new_ctx(app), path=seed, mode="insert")
+        result = await run_import(
+            new_ctx(app), path=path, dataset=dataset, mode=mode, max_reject_ratio=1
+        )
+        outcomes.append(
+            (
+                {k: v for k, v in result.items() if k != "import_id"},
+                await rows(engine, table),
+                await rejects(engine),
+            )
+        )
+    return outcomes
+
+
+@pytest.mark.parametrize("mode", ["insert", "upsert"])
+async def test_customers_the_fast_path_rewrites_store_what_the_rules_store(
+    app: AppContext,
+    settings: Settings,
+    engine: AsyncEngine,
+    monkeypatch: pytest.MonkeyPatch,
+    mode: str,
+) -> None:
+    lines = fuzzed_lines(random.Random(20261125), CUSTOMER_COLUMNS, 4000, key="external_id")
+    clean = CleanLines("customers", CUSTOMER_COLUMNS, may_be_empty=frozenset())
+    rewritten = [w for w in map(clean.normalised_line, lines) if w is not None and w not in lines]
+    assert len(rewritten) > 300
+    write(settings, "fuzz.csv", CUSTOMER_HEADER, *lines, end=b"\r\n")
+    # created_at: NULL where the import's now filled it in (a new row without one).
+    table = (
+        "select c.external_id, c.email, c.full_name, c.country, "
+        "nullif(c.created_at, r.finished_at) from customers c, import_runs r "
+        "where r.file = 'fuzz.csv' order by 1"
+    )
+    outcomes = await fast_and_slow(
+        app, engine, monkeypatch, seed=None, path="fuzz.csv", dataset="customers", mode=mode,
+        table=table,
+    )  # fmt: skip
+    assert outcomes[0] == outcomes[1]
+    result, stored, refused = outcomes[0]
+    assert result["inserted"] == len(stored) > 500
+    assert len(refused) > 500
+
+
+async def test_accounts_the_fast_path_rewrites_store_what_the_rules_store(
+    app: AppContext,
+    settings: Settings,
+    engine: AsyncEngine,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The staged way, where SQL rejects accounts naming no customer after COPY, and their raw
+    lines come from the record spill: rewritten runs of lines must be kept as written too."""
+    rng = random.Random(7)
+    write(settings, "owners.csv", CUSTOMER_HEADER, *(customer_line(i) for i in range(0, 50)))
+    lines = fuzzed_lines(rng, ACCOUNT_COLUMNS, 3000, key="id")
+    owners = ["c000001", "C000002", " c000003 ", "nobody", ""]
+    lines = [
+        line.replace(b"k", b"1", 1) if rng.random() < 0.5 else line  # ids: some numbers
+        for line in lines
+    ]
+    lines += [
+        f"{9000 + i}, {rng.choice(owners)} ,{rng.choice(['eur', 'EUR', ' Usd'])},{i}".encode()
+        for i in range(2000)
+    ]
+    clean = CleanLines("accounts", ACCOUNT_COLUMNS, may_be_empty=frozenset())
+    rewritten = [w for w in map(clean.normalised_line, lines) if w is not None and w not in lines]
+    assert len(rewritten) > 1000
+    write(settings, "accounts.csv", ACCOUNT_HEADER, *lines)
+    table = "select id, customer_external_id, currency, balance_cents from accounts order by id"
+    outcomes = await fast_and_slow(
+        app, engine, monkeypatch, seed="owners.csv", path="accounts.csv", dataset="accounts",
+        mode="upsert", table=table,
+    )  # fmt: skip
+    assert outcomes[0] == outcomes[1]
+    result, stored, refused = outcomes[0]
+    assert result["rows_read"] == len(lines)
+    assert len(stored) > 500
+    reason = "customer_external_id: no row in customers has this external_id"
+    assert sum(r[1] == reason for r in refused) > 300
