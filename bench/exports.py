@@ -16,7 +16,7 @@ import asyncio
 from pathlib import Path
 from typing import Any
 
-from bench import sessions
+from bench import feeds, sessions
 from bench.context import BenchContext
 from bench.data import insert_customer_accounts, insert_customers
 from bench.harness import CEILING, BenchError, Measured, Row, compare, say
@@ -310,6 +310,7 @@ async def scenarios(bench: BenchContext) -> list[Row]:
     at_n += await _via_worker(bench, rows=n)
     at_n += await _to_s3(bench, rows=n)
     at_n.append(await _nested(bench, rows=n, rounds=bench.rounds, size="N"))
+    at_n.append(await feeds.incremental(bench, rows=n, rounds=bench.rounds))
     say(f"export: filling customers with {5 * n:,} rows, and 1.5 accounts each")
     await bench.reset(insert_customers(first=1, count=5 * n), insert_customer_accounts(count=5 * n))
     # One round: these runs are there for memory, and at 5xN they are long.

@@ -58,7 +58,12 @@ async def call_job(settings: Settings, args: argparse.Namespace) -> dict[str, An
         ctx = {CTX_KEY: app, "job_id": f"bench-{uuid.uuid4().hex[:12]}", "job_try": 1}
         spec: JobSpec[Any, Any] = export_dataset if args.job == "export" else import_file
         kwargs: dict[str, Any] = (
-            {"format": args.format, "compress": args.compress, "include": args.include or []}
+            {
+                "format": args.format,
+                "compress": args.compress,
+                "include": args.include or [],
+                "incremental": args.incremental,
+            }
             if args.job == "export"
             else {"path": args.path, "mode": args.mode}
         )
@@ -89,6 +94,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     export.add_argument("--format", choices=("csv", "jsonl"), required=True)
     export.add_argument("--compress", action="store_true")
     export.add_argument("--include", choices=("accounts",), action="append")
+    export.add_argument("--incremental", metavar="FEED")
     imports = jobs.add_parser("import")
     imports.add_argument("--path", required=True)
     imports.add_argument("--mode", choices=("insert", "upsert"), required=True)
