@@ -9,9 +9,15 @@ SQL two ways:
   after another (large batches queue on one advisory lock).
 
 transfer_funds sets no session settings of its own, so pgbench runs on the server's defaults.
+
+Single-transfer jobs running at once in the worker are written together (group commit,
+jobs/transfers/group.py); their row's note says how many transactions wrote them and what each
+job paid in latency (its duration from arq's start to its finish, p50 and p99).
 """
 
 from __future__ import annotations
+
+import statistics
 
 from bench.context import BenchContext
 from bench.data import insert_accounts, transfers
@@ -28,6 +34,7 @@ from bench.harness import (
     stopwatch,
 )
 from bench.pgclient import pgbench
+from bench.queue import job_durations_ms, latency_note
 from bench.workers import project_worker, run_burst, run_via_worker
 from jobs.models import TransferPayload, TransferResult
 from jobs.transfers.job import transfer_funds
@@ -133,6 +140,8 @@ async def scenarios(bench: BenchContext) -> list[Row]:
         transfers(count=BATCH, accounts=accounts, seed=seed) for seed in range(batched // BATCH)
     ]
     singles = transfers(count=single, accounts=accounts, seed=10_000)
+    single_ms: list[float] = []
+    transactions: list[int] = []
 
     async def fresh_accounts() -> None:
         await bench.reset(insert_accounts(accounts), analyze="accounts, transfers")
@@ -173,7 +182,7 @@ async def scenarios(bench: BenchContext) -> list[Row]:
         queue = bench.queue_name()
         pool = await connect(bench.settings)
         try:
-            await enqueue_batch(
+            ids = await enqueue_batch(
                 pool,
                 function=transfer_funds.name,
                 kwargs=({"transfers": [item]} for item in singles),
@@ -185,13 +194,16 @@ async def scenarios(bench: BenchContext) -> list[Row]:
         seconds = await run_burst(worker, jobs=single)
         if await bench.count("transfers where status = 'applied'") != single:
             raise BenchError("the single-transfer jobs did not apply every transfer")
+        single_ms.extend(await job_durations_ms(connect(bench.settings), ids))
+        # Rows one transaction wrote share its xmin.
+        transactions.append(await bench.count("(select distinct xmin::text from transfers) t"))
         return Measured(seconds=seconds, rows=single)
 
     say(f"transfers: {accounts:,} accounts, {batched:,} batched, {single:,} single-transfer jobs")
     seconds = bench.pgbench_seconds
     pgbench_name = f"pgbench -c {CONCURRENCY} -j 2, {seconds} s"
     batch_name = f"pgbench -c 1, 1,000 per transaction (PL/pgSQL), {seconds} s"
-    return [
+    rows = [
         *await compare_all(
             rows=batched,
             rounds=bench.rounds,
@@ -241,3 +253,10 @@ async def scenarios(bench: BenchContext) -> list[Row]:
             note=f"the worker is timed from the end of its start-up; {PER_TRANSFER_NOTE}",
         ),
     ]
+    if transactions:
+        written_by = round(statistics.median(transactions))
+        rows[-1].note = (
+            f"{rows[-1].note}; {single:,} jobs written by {written_by:,} transactions (median of "
+            f"rounds); {latency_note(single_ms)}"
+        )
+    return rows

@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import logging
 import sys
 import time
-from collections.abc import AsyncIterator
+import weakref
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar, cast
 
@@ -107,49 +109,105 @@ def arq_function(spec: JobSpec[Any, Any]) -> WorkerCoroutine:
     return cast(WorkerCoroutine, run)
 
 
-@contextlib.asynccontextmanager
-async def _heartbeat(ctx: dict[str, Any], job_id: str, ttl_s: int) -> AsyncIterator[None]:
-    """Keep arq's in-progress key short-lived while the job runs.
+class Heartbeats:
+    """Keep arq's in-progress keys of one process's running jobs short-lived.
 
-    arq sets the key for the longest job timeout + 10 s, so a job whose worker was killed would wait
-    that long (an hour, for imports) before any worker ran it again. Shortening the key to `ttl_s`
-    before the job starts, and extending it every third of that while the job is alive, bounds the
-    wait whatever the job's timeout. PEXPIRE never creates the key: once arq has deleted it (job
-    finished) or Redis lost it, a late beat changes nothing.
+    arq sets a job's in-progress key for the longest job timeout + 10 s, so a job whose worker
+    was killed would wait that long (an hour, for imports) before any worker ran it again. Each
+    job's key is cut to its `ttl_s` (ETL_REQUEUE_AFTER) as soon as the job first waits for
+    anything, and extended every third of that while the job is alive, which bounds the wait
+    whatever the job's timeout.
+
+    No job waits for a beat. A job's first PEXPIRE goes out one pass of the event loop after it
+    starts, from a task in the job's own context (so it is in the job's trace), if the job is
+    still running: one that held the loop until it ended (a no-op) needs none. The extensions
+    of every running job go together, in one pipeline every ttl/3, from one task per process
+    that stops when no job runs. PEXPIRE never creates a key: a beat arriving after arq deleted
+    the key (the job ended) changes nothing, and one arriving while the same job runs again
+    elsewhere only sets the hold that worker keeps.
     """
+
+    def __init__(self, redis: Any) -> None:
+        self._redis = weakref.ref(redis)  # the registry is keyed by the pool: don't keep it
+        self.loop = asyncio.get_running_loop()
+        self._running: dict[str, int] = {}  # in-progress key -> ttl (ms)
+        self._first_beats: set[asyncio.Task[None]] = set()  # the loop keeps tasks weakly
+        self._wake = asyncio.Event()
+        self._extender: asyncio.Task[None] | None = None
+
+    def started(self, key: str, ttl_s: int) -> None:
+        self._running[key] = ttl_s * 1000
+        self.loop.call_soon(self._first_beat, key)  # in the job's context, copied here
+
+    def ended(self, key: str) -> None:
+        self._running.pop(key, None)
+        if not self._running:
+            self._wake.set()  # lets the extender stop
+
+    def _first_beat(self, key: str) -> None:
+        ttl_ms = self._running.get(key)
+        if ttl_ms is None:
+            return  # the job is over already
+        beat = self.loop.create_task(self._beat({key: ttl_ms}))
+        self._first_beats.add(beat)
+        beat.add_done_callback(self._first_beats.discard)
+        if self._extender is None:
+            self._wake.clear()
+            context = contextvars.Context()  # its beats belong to no single job
+            self._extender = self.loop.create_task(self._extend(), context=context)
+
+    async def _extend(self) -> None:
+        try:
+            while self._running:
+                every_s = min(self._running.values()) / 3000
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(every_s):
+                        await self._wake.wait()  # set once no job runs
+                self._wake.clear()
+                if self._running:
+                    await self._beat(dict(self._running))
+        finally:
+            self._extender = None
+
+    async def _beat(self, due: dict[str, int]) -> None:
+        redis = self._redis()
+        if redis is None:
+            return
+        try:
+            async with redis.pipeline(transaction=False) as pipe:
+                for key, ttl_ms in due.items():
+                    pipe.pexpire(key, ttl_ms)
+                await pipe.execute()
+        except Exception as exc:  # Redis away for a moment: the jobs go on, the next beat retries
+            log.warning("job.heartbeat_failed", error=describe(exc), jobs=len(due))
+
+
+_HEARTBEATS: weakref.WeakKeyDictionary[Any, Heartbeats] = weakref.WeakKeyDictionary()
+
+
+@contextlib.contextmanager
+def _heartbeat(ctx: dict[str, Any], job_id: str, ttl_s: int) -> Iterator[None]:
+    """The job's in-progress key kept short-lived while it runs (see Heartbeats)."""
     redis = ctx.get("redis")
     if redis is None or not job_id:
         yield
         return
+    beats = _HEARTBEATS.get(redis)
+    if beats is None or beats.loop is not asyncio.get_running_loop():
+        beats = _HEARTBEATS[redis] = Heartbeats(redis)
     key = in_progress_key_prefix + job_id
-
-    async def extend() -> None:
-        try:
-            await redis.pexpire(key, ttl_s * 1000)
-        except Exception as exc:  # Redis away for a moment: the job itself goes on
-            log.warning("job.heartbeat_failed", error=describe(exc))
-
-    async def beat() -> None:
-        while True:
-            await asyncio.sleep(ttl_s / 3)
-            await extend()
-
-    # The first beat is awaited: from here on a killed worker holds the job for ttl_s at most.
-    await extend()
-    task = asyncio.create_task(beat())
+    beats.started(key, ttl_s)
     try:
         yield
     finally:
-        task.cancel()
-        # Wait for it, so no beat is still on its way once arq records the job's end. (wait()
-        # does not raise the beat's CancelledError, but does let a cancellation of ours through.)
-        await asyncio.wait({task})
+        beats.ended(key)
 
 
-def _counters(result: BaseModel) -> dict[str, Any]:
-    """The result's numbers and short strings, for the canonical line."""
+def _counters(result: BaseModel, dumped: dict[str, Any]) -> dict[str, Any]:
+    """The result's numbers and short strings (from `dumped`, its JSON form), for the
+    canonical line."""
     out: dict[str, Any] = {}
-    for key, value in result.model_dump(mode="json").items():
+    for key, value in dumped.items():
         if key == "event":
             continue  # structlog's own key
         if isinstance(value, bool | int | float) or (isinstance(value, str) and len(value) < 200):
@@ -240,11 +298,11 @@ async def execute(
     ):
         try:
             payload = validate_payload(spec.payload, args, kwargs)
-            async with _heartbeat(ctx, job_id, settings.requeue_after_s):
+            with _heartbeat(ctx, job_id, settings.requeue_after_s):
                 result = await _within_timeout(spec, run, payload)
             status = "complete"
-            fields = _counters(result)
             dumped: dict[str, Any] = result.model_dump(mode="json")
+            fields = _counters(result, dumped)
             return dumped
         except asyncio.CancelledError:
             # Aborted (`etl cancel`: arq records it cancelled, not retried) or stopped by a

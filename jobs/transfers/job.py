@@ -28,6 +28,12 @@ every row the first updated (EvalPlanQual) as it resumes, several times the CPU 
 alone (README, "Measured design choices"). Queued up front they run one after another at full
 speed. Small jobs skip the queue: they lock a few rows, and a row or two re-checked costs
 nothing.
+
+Small jobs (up to GROUP_JOB_MAX_TRANSFERS transfers) that run at the same time in one worker are
+written together, one transaction for all of them (group commit, `jobs.transfers.group`): the
+same locks in the same order, each job decided as if it ran alone after the jobs before it, each
+ledger row marked with its own job's id, so replays and duplicates read exactly as above. A group
+that fails for any reason rolls back whole and its jobs run alone, one after another.
 """
 
 from __future__ import annotations
@@ -35,23 +41,22 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Sequence
 from typing import Any
-from uuid import UUID
 
 import asyncpg
 import structlog
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from jobs.backoff import backoff_delay
-from jobs.db import driver_connection
 from jobs.errors import sqlstate_of
 from jobs.models import TransferItem, TransferPayload, TransferResult
 from jobs.spec import JobRun, etl_job
+from jobs.transfers.group import GROUP_JOB_MAX_TRANSFERS, group_commit_for
+from jobs.transfers.ledger import LEDGER_KEY, apply_set_based, lock_accounts, recorded_transfers
 from jobs.transfers.plan import (
     AccountRow,
     BatchState,
     Decision,
     LedgerRow,
-    RecordedTransfer,
     accounts_to_lock,
     plan_batch,
     transfer_deltas,
@@ -59,45 +64,6 @@ from jobs.transfers.plan import (
 
 log = structlog.get_logger("jobs.transfers")
 
-# Lists of numbers and ids travel as comma-separated text, split and cast by PostgreSQL: asyncpg
-# encodes an array parameter element by element in Python (12,000 elements for a batch of 1,000
-# transfers), while joining text costs a tenth of that and PostgreSQL parses it in microseconds.
-# Reasons may hold commas, so they go as a real text[].
-LOCK_ACCOUNTS = """
-SELECT id, balance_cents, currency FROM accounts
-WHERE id = ANY(string_to_array($1, ',')::bigint[])
-ORDER BY id FOR UPDATE
-"""
-# pg_advisory_xact_lock's key for the large-batch queue: "tran" in ASCII, used by nothing else.
-LARGE_BATCH_LOCK = 0x7472_616E
-LARGE_BATCH_ACCOUNTS = 64
-"""A batch locking more accounts than this waits for the large-batch queue first."""
-QUEUE_LARGE_BATCH = "SELECT pg_advisory_xact_lock($1::bigint)"
-RECORDED = """
-SELECT id, from_account_id, to_account_id, amount_cents, status, reason, job_id FROM transfers
-WHERE id = ANY(string_to_array($1, ',')::uuid[])
-"""
-# A data-modifying CTE runs to completion even though the INSERT does not read it: one round trip.
-WRITE = """
-WITH moved AS (
-    UPDATE accounts AS a
-    SET balance_cents = a.balance_cents + d.delta, updated_at = now()
-    FROM unnest(
-        string_to_array($1, ',')::bigint[], string_to_array($2, ',')::bigint[]
-    ) AS d(id, delta)
-    WHERE a.id = d.id
-)
-INSERT INTO transfers (id, from_account_id, to_account_id, amount_cents, status, reason, job_id)
-SELECT r.*, $9::text FROM unnest(
-    string_to_array($3, ',')::uuid[],
-    string_to_array($4, ',')::bigint[],
-    string_to_array($5, ',')::bigint[],
-    string_to_array($6, ',')::bigint[],
-    string_to_array($7, ',')::text[],
-    $8::text[]
-) AS r
-"""
-LEDGER_KEY = "pk_transfers"
 SAVEPOINT = "SAVEPOINT transfer_batch"
 RELEASE_SAVEPOINT = "RELEASE SAVEPOINT transfer_batch"
 ROLLBACK_TO_SAVEPOINT = "ROLLBACK TO SAVEPOINT transfer_batch"
@@ -113,11 +79,20 @@ ATTEMPTS = 3
 async def transfer_funds(run: JobRun, payload: TransferPayload) -> TransferResult:
     """Apply up to 10,000 transfers in order; report each one's outcome in input order."""
     transfers = payload.transfers
+    if len(transfers) <= GROUP_JOB_MAX_TRANSFERS:
+        commit = group_commit_for(run.sessionmaker, alone=apply_alone)
+        decisions = await commit.submit(run, transfers)
+    else:
+        decisions = await apply_alone(run, transfers)
+    return summarise(transfers, decisions)
+
+
+async def apply_alone(run: JobRun, transfers: Sequence[TransferItem]) -> list[Decision]:
+    """The batch in a transaction of its own; a deadlock or serialization failure tries again."""
     attempt = 1
     while True:
         try:
-            decisions = await apply_batch(run, transfers)
-            break
+            return await apply_batch(run, transfers)
         except Exception as exc:
             code = sqlstate_of(exc)
             if code not in RETRY_SQLSTATES or attempt >= ATTEMPTS:
@@ -125,7 +100,6 @@ async def transfer_funds(run: JobRun, payload: TransferPayload) -> TransferResul
             log.warning("transfers.retry", attempt=attempt, sqlstate=code)
             await asyncio.sleep(backoff_delay(attempt, base_s=0.02, cap_s=0.2))
             attempt += 1
-    return summarise(transfers, decisions)
 
 
 def summarise(transfers: Sequence[TransferItem], decisions: Sequence[Decision]) -> TransferResult:
@@ -151,12 +125,7 @@ async def apply_batch(run: JobRun, transfers: Sequence[TransferItem]) -> list[De
     """One transaction: lock, decide, write set-based; per transfer if that fails."""
     async with run.sessionmaker() as session, session.begin():
         conn = await session.connection()
-        driver = await driver_connection(conn)
-        account_ids = accounts_to_lock(transfers)
-        if len(account_ids) > LARGE_BATCH_ACCOUNTS:
-            # Before any row lock, so no job waits for this while holding an account.
-            await driver.execute(QUEUE_LARGE_BATCH, LARGE_BATCH_LOCK)
-        accounts = await driver.fetch(LOCK_ACCOUNTS, _joined(account_ids))
+        driver, accounts = await lock_accounts(conn, accounts_to_lock(transfers))
         job_id = run.job_id or None
         recorded = await recorded_transfers(driver, transfers)
         plan = plan_batch(transfers, accounts=accounts, recorded=recorded, job_id=job_id)
@@ -187,46 +156,6 @@ async def apply_batch(run: JobRun, transfers: Sequence[TransferItem]) -> list[De
         return await apply_one_by_one(
             run, conn=conn, driver=driver, transfers=transfers, accounts=accounts
         )
-
-
-async def recorded_transfers(
-    driver: Any, transfers: Sequence[TransferItem]
-) -> dict[UUID, RecordedTransfer]:
-    """The ledger's rows for the batch's ids: none for new ids, so new batches pay nothing more."""
-    rows = await driver.fetch(RECORDED, _joined_ids([transfer.id for transfer in transfers]))
-    return {row[0]: RecordedTransfer(*row[1:]) for row in rows}
-
-
-async def apply_set_based(
-    driver: Any, *, deltas: dict[int, int], ledger: list[LedgerRow], job_id: str | None
-) -> None:
-    """Write net balance changes and ledger rows (marked with `job_id`) in one statement.
-
-    Ledger rows go in id order so that two jobs carrying the same new ids meet on the ledger's
-    key in the same order: one waits for the other instead of both waiting for each other.
-    """
-    account_ids = sorted(deltas)
-    rows = sorted(ledger, key=lambda row: row.id.int)  # .int: PostgreSQL's order of uuids
-    await driver.execute(
-        WRITE,
-        _joined(account_ids),
-        _joined([deltas[account_id] for account_id in account_ids]),
-        _joined_ids([row.id for row in rows]),
-        _joined([row.from_account_id for row in rows]),
-        _joined([row.to_account_id for row in rows]),
-        _joined([row.amount_cents for row in rows]),
-        ",".join([row.status for row in rows]),
-        [row.reason for row in rows],
-        job_id,
-    )
-
-
-def _joined(numbers: list[int]) -> str:
-    return ",".join(map(str, numbers))
-
-
-def _joined_ids(ids: list[UUID]) -> str:
-    return ",".join([transfer_id.hex for transfer_id in ids])  # PostgreSQL reads uuids undashed
 
 
 async def apply_one_by_one(

@@ -3,7 +3,8 @@
 The job reads the batch's accounts (locked) and the ledger's rows for the batch's ids, and these
 rules decide, in input order, what happens to each transfer. The set-based path applies a whole
 plan at once; the per-transfer fallback asks the same `BatchState` one transfer at a time, so both
-paths give the same outcomes.
+paths give the same outcomes. `plan_group` decides several jobs written by one transaction (group
+commit): each job by `plan_batch`, as if it ran alone after the jobs before it.
 
 A transfer is checked in this order, and the first rule it breaks is its outcome:
 
@@ -279,3 +280,66 @@ def plan_batch(
             ledger.append(LedgerRow.of(transfer, decision))
     plan.deltas = state.deltas()
     return plan
+
+
+class GroupLedgerRow(NamedTuple):
+    """A ledger row a group writes, with the job (of the group's) it belongs to."""
+
+    row: LedgerRow
+    job_id: str | None
+
+
+@dataclass(slots=True)
+class GroupPlan:
+    """Each job's plan (arrival order), and what the group writes: net balance changes and the
+    ledger rows, each marked with its own job."""
+
+    plans: list[BatchPlan] = field(default_factory=list)
+    deltas: dict[int, int] = field(default_factory=dict)
+    ledger: list[GroupLedgerRow] = field(default_factory=list)
+
+
+def plan_group(
+    jobs: Sequence[tuple[Sequence[TransferItem], str | None]],
+    *,
+    accounts: Sequence[AccountRow],
+    recorded: Mapping[UUID, RecordedTransfer],
+) -> GroupPlan:
+    """Decide several jobs' batches (transfers, job id) as if each ran alone, one after another.
+
+    `accounts` and `recorded` are what the group read: every job's accounts, locked, and the
+    ledger's rows for every job's ids. Each job is planned by `plan_batch` on the balances the
+    jobs before it left and on the ledger as it would read it after their commits: the rows read,
+    plus the rows the earlier jobs write, under their own job ids. So a job's decisions are
+    exactly those it would get running alone after the jobs before it, whatever shares the
+    group: an id an earlier job records is that job's (`duplicate`, or a replay when it is the
+    same job id), and repeats within one job stay that job's own (`repeated in this batch`).
+    """
+    balance = {row[0]: row[1] for row in accounts}
+    currency = {row[0]: row[2] for row in accounts}
+    ledger = dict(recorded)
+    group = GroupPlan()
+    for transfers, job_id in jobs:
+        own_accounts = [
+            (account_id, balance[account_id], currency[account_id])
+            for account_id in accounts_to_lock(transfers)
+            if account_id in balance
+        ]
+        own_recorded = {t.id: ledger[t.id] for t in transfers if t.id in ledger}
+        plan = plan_batch(transfers, accounts=own_accounts, recorded=own_recorded, job_id=job_id)
+        for account_id, delta in plan.deltas.items():
+            balance[account_id] += delta
+        for row in plan.ledger:
+            ledger[row.id] = RecordedTransfer(
+                row.from_account_id, row.to_account_id, row.amount_cents, row.status, row.reason,
+                job_id,
+            )  # fmt: skip
+            group.ledger.append(GroupLedgerRow(row, job_id))
+        group.plans.append(plan)
+    initial = {row[0]: row[1] for row in accounts}
+    group.deltas = {
+        account_id: cents - initial[account_id]
+        for account_id, cents in balance.items()
+        if cents != initial[account_id]
+    }
+    return group

@@ -309,7 +309,8 @@ async def test_the_heartbeat_keeps_a_live_jobs_key_past_its_short_ttl(
     key = in_progress_key_prefix + "heartbeat-" + settings.queue_name
     await redis.psetex(key, 3_600_000, b"1")  # what arq sets: the longest timeout + 10 s
     try:
-        async with _heartbeat({"redis": redis}, key.removeprefix(in_progress_key_prefix), 1):
+        with _heartbeat({"redis": redis}, key.removeprefix(in_progress_key_prefix), 1):
+            await asyncio.sleep(0.1)  # the first beat goes out as soon as the job waits
             assert 0 < await redis.pttl(key) <= 1000
             await asyncio.sleep(2.5)  # two and a half TTLs: alive only if extended
             assert 0 < await redis.pttl(key) <= 1000

@@ -20,8 +20,10 @@ from structlog.testing import capture_logs
 
 import jobs.transfers.job
 from jobs.models import TransferItem
-from jobs.transfers.job import LARGE_BATCH_ACCOUNTS, LARGE_BATCH_LOCK, transfer_funds
+from jobs.transfers.job import transfer_funds
+from jobs.transfers.ledger import LARGE_BATCH_ACCOUNTS, LARGE_BATCH_LOCK
 from jobs.transfers.plan import ALREADY_RECORDED, ID_REUSED, accounts_to_lock
+from tests.integration.test_group_commit import books, check_books
 from tests.integration.test_transfers import (
     another_job,
     balances,
@@ -290,3 +292,41 @@ async def test_large_batches_queue_before_locking_and_small_ones_do_not(
     assert result["applied"] == 50
     final = await balances(observer)
     assert (final[1], final[2], final[51], final[100]) == (998, 1_000, 1_001, 1_001)
+
+
+async def test_grouped_single_transfer_jobs_and_batches_at_once_never_deadlock(
+    ctx: dict[str, Any], engine: AsyncEngine, observer: asyncpg.Connection
+) -> None:
+    """Single-transfer jobs written in groups (jobs.transfers.group) meet small and large batches
+    on the same accounts and the same ids: every writer locks in id order, so nobody waits in a
+    cycle, nothing is retried for a deadlock, and the books add up. (An id that a group and a
+    batch both insert makes the later one fall back: that is a conflict, not a deadlock.)"""
+    rng = random.Random(21)
+    accounts = dict.fromkeys(range(1, 101), ("EUR", 500))
+    singles = [[transfer(*rng.sample(range(1, 101), 2), rng.randrange(1, 400))] for _ in range(80)]
+    batches = [
+        [transfer(*rng.sample(range(1, 101), 2), rng.randrange(1, 400)) for _ in range(size)]
+        for size in (3, 40, 200, 120)
+    ]
+    assert sum(len(accounts_to_lock(_items(b))) > LARGE_BATCH_ACCOUNTS for b in batches) == 2
+    # Ids that a single-transfer job and a batch both send.
+    batches[1] += singles[5] + singles[40]
+    batches[2] = singles[70] + batches[2]
+    jobs = {f"mixed-{n:03}": batch for n, batch in enumerate([*singles, *batches])}
+    await seed_accounts(engine, accounts)
+
+    with capture_logs() as logs:
+        results = await asyncio.gather(
+            *(
+                execute(transfer_funds, {**ctx, "job_id": job_id}, transfers=batch)
+                for job_id, batch in jobs.items()
+            )
+        )
+
+    assert not [entry for entry in logs if entry["event"] == "transfers.retry"]
+    assert not [entry for entry in logs if entry.get("sqlstate") in {"40P01", "40001"}]
+    state = await books(observer)
+    check_books(dict(zip(jobs, results, strict=True)), jobs, state, dict.fromkeys(accounts, 500))
+    # The single-transfer jobs went in groups: fewer transactions than writers.
+    xmins = await observer.fetchval("select count(distinct xmin::text) from transfers")
+    assert xmins < len({job_id for job_id in jobs if job_id < "mixed-080"}) // 2
