@@ -14,6 +14,7 @@ never reach the worker's hooks, so they are not indexed: `etl failed`, which sca
 
 from __future__ import annotations
 
+from collections import Counter, defaultdict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -123,24 +124,30 @@ async def record_finished(
     ]
     if not entries:
         return []
-    touched: set[str] = set()
+    # One ZADD per set and one HINCRBY per counter for the whole batch, not per job: the
+    # worker indexes its finished jobs every few milliseconds, a burst's worth at a time.
+    members: dict[str, dict[str, int]] = defaultdict(dict)
+    counts: Counter[tuple[str, str]] = Counter()
+    for entry in entries:
+        keys = [done_key(queue_name), done_key(queue_name, entry.function or "?")]
+        if entry.outcome == "failed":
+            keys += [failed_key(queue_name), failed_key(queue_name, entry.function or "?")]
+        for key in keys:
+            members[key][entry.job_id] = entry.finished_ms
+        minute = rate_key(queue_name, entry.finished_ms // 60_000)
+        family = family_of(entry.function)
+        counts[minute, f"{family}:jobs"] += 1
+        counts[minute, f"{family}:rows"] += entry.rows
+        if entry.outcome == "failed":
+            counts[minute, f"{family}:failed"] += 1
+    oldest = timestamp_ms() - keep_s * 1000
     async with redis.pipeline(transaction=False) as pipe:
-        for entry in entries:
-            keys = [done_key(queue_name), done_key(queue_name, entry.function or "?")]
-            if entry.outcome == "failed":
-                keys += [failed_key(queue_name), failed_key(queue_name, entry.function or "?")]
-            for key in keys:
-                pipe.zadd(key, {entry.job_id: entry.finished_ms})
-            touched.update(keys)
-            minute = rate_key(queue_name, entry.finished_ms // 60_000)
-            family = family_of(entry.function)
-            pipe.hincrby(minute, f"{family}:jobs", 1)
-            pipe.hincrby(minute, f"{family}:rows", entry.rows)
-            if entry.outcome == "failed":
-                pipe.hincrby(minute, f"{family}:failed", 1)
+        for (minute, name), amount in counts.items():
+            pipe.hincrby(minute, name, amount)
+        for minute in {minute for minute, _ in counts}:
             pipe.expire(minute, RATE_TTL_S)
-        oldest = timestamp_ms() - keep_s * 1000
-        for key in sorted(touched):
+        for key in sorted(members):
+            pipe.zadd(key, members[key])
             pipe.zremrangebyscore(key, "-inf", f"({oldest}")
             pipe.zremrangebyrank(key, 0, -MAX_ENTRIES - 1)
             # The set goes when its newest entry would have been trimmed.
