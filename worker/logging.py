@@ -94,8 +94,20 @@ class _FailedJobLine(logging.Filter):
         return True
 
 
+class _CompletedJobLine(logging.Filter):
+    """arq's `← job_id:function ● result` line for a job that completed says less than the
+    runner's `job.finished` line for the same run (status, duration, the job's counters), so it
+    is dropped: one line per finished job, not two."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.msg != ARQ_COMPLETED_FORMAT
+
+
+ARQ_COMPLETED_FORMAT = "%6.2fs ← %s ● %s"
+"""arq.worker's format for a completed job's line (arq 0.28)."""
 _INVALID_JOB_LINE = _InvalidJobLine()
 _FAILED_JOB_LINE = _FailedJobLine()
+_COMPLETED_JOB_LINE = _CompletedJobLine()
 
 
 def reclaim_arq_logger(level: str = "INFO") -> None:
@@ -109,6 +121,6 @@ def reclaim_arq_logger(level: str = "INFO") -> None:
     named.propagate = True
     named.setLevel(level)
     worker_lines = logging.getLogger("arq.worker")
-    for line_filter in (_INVALID_JOB_LINE, _FAILED_JOB_LINE):
+    for line_filter in (_INVALID_JOB_LINE, _FAILED_JOB_LINE, _COMPLETED_JOB_LINE):
         if line_filter not in worker_lines.filters:
             worker_lines.addFilter(line_filter)

@@ -192,6 +192,20 @@ def test_a_transient_failure_given_up_is_an_error(run: Run) -> None:
     assert "ConnectionRefusedError" in arq_line["exception"]
 
 
+def test_a_completed_job_has_one_finished_line_and_arqs_start_line(run: Run) -> None:
+    job_id = run.ids["ping"]
+    arq_lines = [
+        x["event"]
+        for x in run.lines
+        if x.get("logger") == "arq.worker" and job_id in str(x.get("event"))
+    ]
+    # arq's "→" start line stays; its "← … ●" line says less than job.finished and is dropped.
+    assert len(arq_lines) == 1 and " → " in arq_lines[0], arq_lines
+    (line,) = finished(run.lines, job_id)
+    assert line["status"] == "complete" and line["function"] == "ping"
+    assert isinstance(line["duration_ms"], float)
+
+
 def test_the_nightly_line_says_what_was_written_and_deleted(run: Run) -> None:
     (line,) = finished(run.lines, run.ids["nightly"])
     assert line["level"] == "info" and line["status"] == "complete"
