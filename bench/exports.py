@@ -7,7 +7,7 @@ export's own and not the benchmark's; the time is taken inside that process, aro
 filled through EtlClient. psql runs with the session setting the export gives its transaction
 (TimeZone=UTC, bench.sessions). The nested rows export customers with their accounts as ORM
 objects (`include=["accounts"]`, jobs/exports/nested.py) against PostgreSQL building the same
-lines with json_agg.
+lines with json_agg. At 5xN rows, an export in two parts by two worker processes (bench.parts).
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import asyncio
 from pathlib import Path
 from typing import Any
 
-from bench import feeds, sessions
+from bench import feeds, parts, sessions
 from bench.context import BenchContext
 from bench.data import insert_customer_accounts, insert_customers
 from bench.harness import CEILING, BenchError, Measured, Row, compare, say
@@ -316,6 +316,8 @@ async def scenarios(bench: BenchContext) -> list[Row]:
     # One round: these runs are there for memory, and at 5xN they are long.
     at_5n = await _formats(bench, rows=5 * n, rounds=1, size="5xN")
     at_5n.append(await _nested(bench, rows=5 * n, rounds=1, size="5xN"))
+    # An export in two parts by two workers: 5xN rows (5M at the default N) as the issue asks.
+    at_5n.append(await parts.scenario(bench, rows=5 * n, rounds=bench.rounds, size="5xN"))
     await bench.reset()
     growth = [
         _growth(fmt, small, large, n)

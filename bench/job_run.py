@@ -4,11 +4,13 @@
         export --format csv [--compress] [--include accounts]
         import --path FILE --mode insert|upsert
         worker --redis-url URL --queue NAME --jobs N
+        serve --redis-url URL --queue NAME --ready-file F [--max-jobs N]
 
 `export` and `import` call the job as arq calls it (`worker.runner.execute` with the ctx the
 worker builds); `worker` runs the service's arq worker in burst mode on a queue the parent filled
-and reads no result (the parent reads them from Redis, as an app does). Each prints one JSON line
-last: seconds (around the job, or the burst after the worker's start-up), peak_rss_mb (the
+and reads no result (the parent reads them from Redis, as an app does); `serve` runs it until
+SIGTERM (not in burst mode: for jobs that enqueue jobs), touching F once started. Each prints one
+JSON line last: seconds (around the job, or the burst after the worker's start-up), peak_rss_mb (the
 process's high-water mark), and result (the job's result), or error.
 
 `run_child` is the parent's side: it starts the process and reads that line.
@@ -82,6 +84,32 @@ async def burst(settings: Settings, args: argparse.Namespace) -> dict[str, Any]:
     return {"seconds": await run_burst(worker, jobs=args.jobs)}
 
 
+async def serve(settings: Settings, args: argparse.Namespace) -> dict[str, Any]:
+    """The service's worker, not in burst mode, until SIGTERM; `--ready-file` once started."""
+    import signal
+
+    from bench.workers import project_worker
+
+    worker = project_worker(settings, queue_name=args.queue, max_jobs=args.max_jobs, burst=False)
+    startup = worker.on_startup
+
+    async def started(ctx: dict[str, Any]) -> None:
+        if startup is not None:
+            await startup(ctx)
+        await asyncio.to_thread(Path(args.ready_file).touch)
+
+    worker.on_startup = started
+    main = asyncio.ensure_future(worker.main())
+    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, main.cancel)
+    try:
+        await main
+    except asyncio.CancelledError:
+        pass  # stopped by the parent
+    finally:
+        await worker.close()
+    return {"seconds": 0.0, "complete": worker.jobs_complete, "failed": worker.jobs_failed}
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m bench.job_run")
     parser.add_argument("--database-url", required=True)
@@ -102,6 +130,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     worker.add_argument("--redis-url", required=True)
     worker.add_argument("--queue", required=True)
     worker.add_argument("--jobs", type=int, required=True)
+    serving = jobs.add_parser("serve")
+    serving.add_argument("--redis-url", required=True)
+    serving.add_argument("--queue", required=True)
+    serving.add_argument("--ready-file", required=True)
+    serving.add_argument("--max-jobs", type=int, default=1)
     return parser.parse_args(argv)
 
 
@@ -113,7 +146,7 @@ def main(argv: list[str] | None = None) -> int:
         "ETL_EXPORT_DIR": args.export_dir,
         "LOG_FORMAT": "json",
     }
-    if args.job == "worker":
+    if args.job in ("worker", "serve"):
         values["REDIS_URL"] = args.redis_url
     settings = Settings(**values)
     with args.log_file.open("a") as log:
@@ -121,7 +154,7 @@ def main(argv: list[str] | None = None) -> int:
         with contextlib.redirect_stdout(log):
             configure_logging("INFO", "json", stream=log)
             try:
-                run = burst if args.job == "worker" else call_job
+                run = {"worker": burst, "serve": serve}.get(args.job, call_job)
                 out = asyncio.run(run(settings, args))
             except Exception as exc:
                 out = {"error": error_text(exc)}

@@ -32,17 +32,21 @@ KEEP_RESULT_S = 60
 RESULT_WAIT_S = 30.0
 
 
-def project_worker(settings: Settings, *, queue_name: str, max_jobs: int) -> Worker:
-    """The service's own worker (its functions, hooks, serializer and logging)."""
+def project_worker(
+    settings: Settings, *, queue_name: str, max_jobs: int, burst: bool = True
+) -> Worker:
+    """The service's own worker (its functions, hooks, serializer and logging); in burst mode
+    unless asked (a worker that serves until stopped: bench.job_run's `serve`)."""
+    # Jobs that enqueue jobs (an export's parts) use the settings' queue: make it this one.
     kwargs = build_worker_settings(
-        settings,
+        settings.model_copy(update={"queue_name": queue_name}),
         queue_name=queue_name,
         max_jobs=max_jobs,
         keep_result=KEEP_RESULT_S,
         # The nightly entry would run a real export if a run crossed its minute.
         cron_jobs=[],
     )
-    return Worker(**kwargs, burst=True, poll_delay=POLL_DELAY_S, handle_signals=False)
+    return Worker(**kwargs, burst=burst, poll_delay=POLL_DELAY_S, handle_signals=False)
 
 
 async def run_burst(worker: Worker, *, jobs: int) -> float:

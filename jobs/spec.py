@@ -7,7 +7,7 @@ handle, enforces the time limit, retries and logs; the job only does its work.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Generic, Protocol, TypeVar
@@ -55,6 +55,29 @@ class JobRun(Protocol):
     async def progress(self, **counters: int) -> None:
         """Record progress (rows so far...); the worker publishes it every few seconds."""
         ...
+
+    async def enqueue(self, function: str, *, job_id: str, **kwargs: Any) -> bool:
+        """Enqueue another job of the catalogue under `job_id` (keyword arguments only);
+        False when that id is already taken (queued, running or its result kept)."""
+        ...
+
+    async def claim(self, name: str, *, owner: str, ttl_s: int) -> bool:
+        """Take the once-only claim `name` for `owner`, for `ttl_s` seconds: True if it is
+        `owner`'s (now, or already), False if another owner holds it."""
+        ...
+
+    async def outcomes(self, job_ids: Sequence[str]) -> list[JobOutcome | None]:
+        """Each job's outcome once it has finished for good, None while it waits or runs."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class JobOutcome:
+    """How another job ended: its result (as JSON) or its error in one line."""
+
+    ok: bool
+    result: Any = None
+    error: str = ""
 
 
 @dataclass(frozen=True)

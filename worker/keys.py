@@ -79,3 +79,7 @@ __all__ = [
     "retry_key_prefix",
     "workers_key",
 ]
+
+CLAIM_KEY_PREFIX = "etl:claim:"
+"""`etl:claim:<queue>:<name>`: who runs a once-only piece of work (a part of a parallel export): the
+owner's id, kept for the claim's time (worker/handoff.py)."""

@@ -17,7 +17,7 @@ from arq.connections import RedisSettings
 from arq.cron import CronJob
 from arq.worker import Function, func
 
-from jobs.catalogue import FUNCTIONS, SCHEDULED
+from jobs.catalogue import FUNCTIONS, INTERNAL, SCHEDULED
 from jobs.spec import AnySpec
 from worker import embedded, schedules, tracing
 from worker.context import CTX_KEY, AppContext
@@ -62,7 +62,7 @@ async def startup(ctx: dict[str, Any]) -> None:
     log.info(
         "worker.started",
         queue=settings.queue_name,
-        functions=[j.name for j in (*FUNCTIONS, *SCHEDULED)],
+        functions=[j.name for j in (*FUNCTIONS, *SCHEDULED, *INTERNAL)],
         cron=cron_schedule(settings, datetime.now(UTC)),
         metrics=None if metrics is None else f"{settings.metrics_host}:{metrics.port}",
         tracing=traces,
@@ -102,8 +102,11 @@ async def after_job_end(ctx: dict[str, Any]) -> None:
         app.presence.job_ended(str(ctx.get("job_id")))  # indexed if it finished, by its task
 
 
-def functions(settings: Settings, specs: Iterable[AnySpec] = FUNCTIONS) -> list[Function]:
-    """arq Functions for `specs` (the catalogue's by default), each with its own time limit."""
+def functions(
+    settings: Settings, specs: Iterable[AnySpec] = (*FUNCTIONS, *INTERNAL)
+) -> list[Function]:
+    """arq Functions for `specs` (the catalogue's by default, the jobs that only jobs enqueue
+    included), each with its own time limit."""
     return [
         func(
             arq_function(job),

@@ -35,8 +35,8 @@ from jobs.errors import (
     is_transient,
     payload_error,
 )
-from jobs.spec import JobConfig, JobSpec
-from worker import tracing
+from jobs.spec import JobConfig, JobOutcome, JobSpec
+from worker import handoff, tracing
 from worker.context import AppContext, app_context
 from worker.keys import PROGRESS_KEY_PREFIX, PROGRESS_TTL_S, in_progress_key_prefix
 from worker.serialization import serialize
@@ -97,6 +97,18 @@ class RunHandle:
                         serialize(self.counters),
                         ex=PROGRESS_TTL_S,
                     )
+
+    async def enqueue(self, function: str, *, job_id: str, **kwargs: Any) -> bool:
+        """Another job onto this worker's queue (worker/handoff.py); nothing without Redis."""
+        settings = self.app.settings
+        return await handoff.enqueue(self.redis, settings, function, job_id=job_id, kwargs=kwargs)
+
+    async def claim(self, name: str, *, owner: str, ttl_s: int) -> bool:
+        """A once-only claim in Redis; always granted without Redis."""
+        return await handoff.claim(self.redis, self.app.settings, name, owner=owner, ttl_s=ttl_s)
+
+    async def outcomes(self, job_ids: Sequence[str]) -> list[JobOutcome | None]:
+        return await handoff.outcomes(self.redis, self.app.settings, job_ids)
 
 
 def arq_function(spec: JobSpec[Any, Any]) -> WorkerCoroutine:

@@ -257,6 +257,9 @@ def _payload(job: str, args: Mapping[str, Any], *, keep: int | None) -> BaseMode
         payload: BaseModel = spec.payload.model_validate(data)
     except ValidationError as exc:
         raise ScheduleError("args: " + "; ".join(validation_problems(exc))) from None
+    if isinstance(payload, ExportPayload) and payload.parts > 1:
+        # Retention keeps and deletes an entry's files one by one; an export in parts is many.
+        raise ScheduleError("args: parts: a scheduled export is written in one part; drop parts")
     return payload
 
 

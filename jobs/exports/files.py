@@ -148,6 +148,14 @@ class StagedOutput:
         self._writer.shutdown(wait=False)
         await asyncio.wrap_future(cleanup)
 
+    def release(self) -> None:
+        """Leave the finished output under its temp name for another process to publish (a part
+        of a parallel export: HandedFile); this object no longer removes it."""
+        if not self._finished:
+            raise RuntimeError("release() before finish()")
+        self._done = True
+        self._writer.shutdown(wait=False)
+
     async def _wait_pending(self) -> None:
         if self._pending is not None:
             pending, self._pending = self._pending, None
@@ -225,3 +233,49 @@ class StagedFile(StagedOutput):
             self._fd = None
         with contextlib.suppress(FileNotFoundError):
             os.unlink(self.temp)
+
+
+class HandedFile:
+    """A finished temp file another run wrote (StagedOutput.release), published from here with
+    StagedFile's calls: renamed into place, taken back, or removed."""
+
+    def __init__(self, temp: Path, final: Path) -> None:
+        if temp.parent != final.parent or not (
+            temp.name.startswith(f".{final.name}.") and temp.name.endswith(TEMP_SUFFIX)
+        ):
+            raise ValueError(f"{temp.name} is not a temp name of {final.name}")
+        self.temp = temp
+        self.final = final
+        self._published = False
+
+    async def publish(self) -> None:
+        await asyncio.to_thread(self._rename)
+        self._published = True
+
+    async def withdraw(self) -> None:
+        if self._published:
+            self._published = False
+            await asyncio.to_thread(_unlink_durably, self.final)
+        else:
+            await self.discard()
+
+    async def discard(self) -> None:
+        if not self._published:
+            await asyncio.to_thread(self.temp.unlink, missing_ok=True)
+
+    def _rename(self) -> None:
+        os.replace(self.temp, self.final)
+        _fsync_directory(self.final.parent)
+
+
+def remove_temps(directory: Path, finals: list[str]) -> list[str]:
+    """Remove every temp file of these final names in `directory` (whoever wrote them);
+    returns the names removed. Blocking."""
+    prefixes = tuple(f".{name}." for name in finals)
+    removed = []
+    with os.scandir(directory) as entries:
+        for entry in entries:
+            if entry.name.startswith(prefixes) and entry.name.endswith(TEMP_SUFFIX):
+                Path(entry.path).unlink(missing_ok=True)
+                removed.append(entry.name)
+    return removed

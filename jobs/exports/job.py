@@ -2,7 +2,8 @@
 
 The file and its manifest are written under temp names and renamed into place once complete
 (jobs/exports/staging.py names them). With `incremental`, the export holds the rows written
-since the feed's previous export and advances the feed (jobs/exports/feeds.py).
+since the feed's previous export and advances the feed (jobs/exports/feeds.py). With `parts`,
+several workers write it as that many files (jobs/exports/parallel.py).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from pathlib import Path
 from jobs.errors import describe, is_transient
 from jobs.exports.feeds import Cursor, FeedPosition, advance_feed, open_feed, take_cursor
 from jobs.exports.files import ExportFileError, ensure_directory
+from jobs.exports.parallel import export_in_parts
 from jobs.exports.staging import ExportFormat, StagedExport, publish_all, stage_export
 from jobs.exports.stream import Snapshot, snapshot
 from jobs.models import ExportPayload, ExportResult
@@ -132,7 +134,10 @@ async def export_dataset(run: JobRun, payload: ExportPayload) -> ExportResult:
 
 async def export_one(run: JobRun, payload: ExportPayload, *, prefix: str = "") -> ExportResult:
     """`export_dataset`'s work; `prefix` starts the file's name (a schedule entry's name: see
-    jobs/exports/scheduled.py, which runs every export_dataset argument through here)."""
+    jobs/exports/scheduled.py, which runs every export_dataset argument through here). With
+    `parts`, the export is written in parallel (jobs/exports/parallel.py)."""
+    if payload.parts > 1:
+        return await export_in_parts(run, payload, prefix=prefix)
     (result,) = await export_datasets(
         run,
         datasets=[get_dataset(payload.dataset)],

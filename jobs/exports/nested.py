@@ -17,10 +17,13 @@ test_nested_export.py checks the identity map's size per partition; test_export_
 peak RSS.
 
 The cost is the ORM's: every customer and account is a Python object with its instance state,
-several times the work of a row, and those objects outlive the garbage collector's young
-generations, so full collections (which walk every object of the process) come every few
-partitions. Building the lines is about a tenth of the time. PostgreSQL builds the same lines
-(row_to_json with json_agg) several times faster; README, "Measured design choices".
+several times the work of a row. Those objects outlive the garbage collector's young generations
+without ever needing it (reference counting frees them), and the collections that walked them
+took a quarter of the export's time: while an export runs, the young generation's threshold is
+raised (`GC_YOUNG_THRESHOLD`). The lines are written from each object's `__dict__` through one
+template per object type and a converter per column, not through a dict and the JSON encoder.
+PostgreSQL builds the same lines (row_to_json with json_agg) several times faster; README,
+"Measured design choices".
 
 Each line is the customer's export columns, in the customers dataset's order, then `accounts`:
 an array (`[]` for none) of each account's columns, in account id order, without the
@@ -31,15 +34,18 @@ fraction dropped, `infinity` as a string, non-ASCII text as is.
 
 from __future__ import annotations
 
+import gc
 import json
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from operator import itemgetter
+from json.encoder import encode_basestring
+from operator import call, itemgetter
 from typing import Any
 
-from sqlalchemy import Select, select
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy import ColumnElement, FromClause, Select, TypeDecorator, select
+from sqlalchemy.ext.asyncio import AsyncScalarResult, AsyncSession
 from sqlalchemy.orm import QueryableAttribute, selectinload
 
 from jobs.exports.stream import Progress, Sink, Snapshot
@@ -51,6 +57,13 @@ from jobs.schema import Account, Customer
 # cursor FETCHes 50 rows, then the rest; the accounts come in two IN lists of 500). Measured on
 # 10,000 customers: 500 ran as fast, 2,500 and 5,000 no faster and held 2-3 times the memory.
 YIELD_PER = 1_000
+# While a nested export runs, the collector's youngest generation waits for this many more new
+# objects than freed ones (Python's default: 700). A partition's objects are freed by reference
+# counting, not by the collector, but they outlive the young generations' collections, which then
+# walk them over and over and promote them to full collections: a quarter to a third of the
+# export's time went there. A partition keeps a few tens of thousands alive, so at this threshold
+# the export triggers almost no collection (README, "Measured design choices").
+GC_YOUNG_THRESHOLD = 100_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,12 +74,15 @@ class Nesting:
     relationship: QueryableAttribute[Any]
     columns: tuple[str, ...]
     """The child's columns, in table order; its foreign key to the parent is left out."""
+    table: FromClause
+    """The child's table."""
 
 
 ACCOUNTS = Nesting(
     name="accounts",
     relationship=Customer.accounts,
     columns=tuple(c.name for c in Account.__table__.columns if c.name != "customer_external_id"),
+    table=Account.__table__,
 )
 # What each dataset can nest: the payload allows exactly these (jobs/models.py).
 NESTINGS: dict[str, dict[str, Nesting]] = {"customers": {"accounts": ACCOUNTS}}
@@ -131,28 +147,80 @@ _encode = json.JSONEncoder(
 ).encode
 
 
-def _picker(columns: Sequence[str]) -> Callable[[object], dict[str, Any]]:
-    """A function building `{column: value}` from a loaded object's `__dict__`, where SQLAlchemy
-    keeps the values it loaded: no instrumented attribute access per value (whole lines were
-    measured 15% faster than with `getattr`)."""
+# Timestamps already written, with their JSON: rows written by one transaction share its `now()`
+# (a bulk load's `updated_at`), and isoformat() is the dearest part of a line. Cleared when full.
+_TIMESTAMPS: dict[datetime, str] = {}
+_TIMESTAMPS_KEPT = 4096
+
+
+def _quoted_timestamp(value: datetime) -> str:
+    text = _TIMESTAMPS.get(value)
+    if text is None:
+        if len(_TIMESTAMPS) >= _TIMESTAMPS_KEPT:
+            _TIMESTAMPS.clear()
+        # Digits, signs, T, colons, a dot or letters: nothing to escape.
+        text = _TIMESTAMPS[value] = f'"{pg_timestamp(value)}"'
+    return text
+
+
+# Each value's JSON by its exact type, as the encoder above writes it (the same C string escaper,
+# int.__repr__); any other type (bool, float, …) goes through the encoder itself.
+_BY_TYPE: dict[type, Callable[[Any], str]] = {
+    str: encode_basestring,
+    int: int.__repr__,
+    datetime: _quoted_timestamp,
+    type(None): lambda _: "null",
+}
+
+
+def _any_value(value: object) -> str:
+    return _BY_TYPE.get(type(value), _encode)(value)
+
+
+def _converter(column: ColumnElement[Any]) -> Callable[[Any], str]:
+    """How a column's values become JSON: straight by its type where every value has that type
+    (NOT NULL, a plain int, str or timestamp column), else by each value's type."""
+    kind = column.type
+    if getattr(column, "nullable", True) or isinstance(kind, TypeDecorator):
+        return _any_value
+    try:
+        return _BY_TYPE.get(kind.python_type, _any_value)  # bool, float, …: by each value
+    except NotImplementedError:
+        return _any_value
+
+
+def _members(table: FromClause, columns: Sequence[str]) -> Callable[[object], str]:
+    """A function writing `"column":value,…` for a loaded object, from its `__dict__`, where
+    SQLAlchemy keeps the values it loaded: no instrumented attribute access, no dict and no
+    encoder call per object, each value through its column's converter (README, "Measured
+    design choices")."""
+    template = ",".join(encode_basestring(name).replace("%", "%%") + ":%s" for name in columns)
     get = itemgetter(*columns)
-    keys = tuple(columns)
-    if len(keys) == 1:
-        return lambda obj: {keys[0]: get(obj.__dict__)}
-    return lambda obj: dict(zip(keys, get(obj.__dict__), strict=True))
+    converters = tuple(_converter(table.c[name]) for name in columns)
+    if len(columns) == 1:  # itemgetter of one key returns the value itself
+        (convert,) = converters
+        return lambda obj: template % convert(get(obj.__dict__))
+    return lambda obj: template % tuple(map(call, converters, get(obj.__dict__)))
 
 
 def line_writer(dataset: Dataset, include: Sequence[Nesting]) -> Callable[[object], str]:
     """Turns one loaded parent (with its nestings loaded) into its JSON line, without newline."""
-    parent = _picker(dataset.export_columns)
-    children = [(nesting.name, _picker(nesting.columns)) for nesting in include]
+    parent = _members(dataset.table, dataset.export_columns)
+    children = [
+        (n.name, f",{encode_basestring(n.name)}:[", _members(n.table, n.columns)) for n in include
+    ]
 
     def write(obj: object) -> str:
-        row = parent(obj)
         state = obj.__dict__
-        for name, child in children:
-            row[name] = [child(item) for item in state[name]]
-        return _encode(row)
+        parts = ["{", parent(obj)]
+        for name, key, child in children:
+            items = state[name]
+            parts.append(key)
+            if items:
+                parts.append("{" + "},{".join([child(item) for item in items]) + "}")
+            parts.append("]")
+        parts.append("}")
+        return "".join(parts)
 
     return write
 
@@ -178,7 +246,22 @@ async def stream_nested_jsonl(
     write = line_writer(dataset, include_)
     query = nested_query(dataset, include_, since=since, yield_per=yield_per or YIELD_PER)
     session = snap.session
-    result = await session.stream_scalars(query)
+    with _fewer_collections():
+        result = await session.stream_scalars(query)
+        return await _stream(
+            session, result, write=write, sink=sink, progress=progress, on_partition=on_partition
+        )
+
+
+async def _stream(
+    session: AsyncSession,
+    result: AsyncScalarResult[Any],
+    *,
+    write: Callable[[object], str],
+    sink: Sink,
+    progress: Progress,
+    on_partition: Callable[[AsyncSession], None] | None,
+) -> int:
     count = 0
     async for batch in result.partitions():
         lines = [write(obj) for obj in batch]
@@ -192,3 +275,27 @@ async def stream_nested_jsonl(
         del lines
         await progress(count)
     return count
+
+
+class _Collections:
+    """The young-generation threshold, raised while any nested export of this process runs and
+    put back when the last one ends. Other work in the process meanwhile has its cyclic garbage
+    collected later (after up to GC_YOUNG_THRESHOLD new objects), not never."""
+
+    running = 0
+    saved: tuple[int, int, int] | None = None
+
+
+@contextmanager
+def _fewer_collections() -> Iterator[None]:
+    if _Collections.running == 0:
+        young, *older = _Collections.saved = gc.get_threshold()
+        if 0 < young < GC_YOUNG_THRESHOLD:  # 0: collection is off; leave it so
+            gc.set_threshold(GC_YOUNG_THRESHOLD, *older)
+    _Collections.running += 1
+    try:
+        yield
+    finally:
+        _Collections.running -= 1
+        if _Collections.running == 0 and _Collections.saved is not None:
+            gc.set_threshold(*_Collections.saved)

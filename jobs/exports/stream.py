@@ -3,37 +3,33 @@
 CSV goes through PostgreSQL's `COPY … TO STDOUT` on the snapshot's own asyncpg connection: the
 server formats the rows and the worker only moves bytes.
 
-JSON Lines goes through `AsyncConnection.stream()`, a server-side cursor read a bounded batch at a
-time, and each row is rendered by PostgreSQL's `row_to_json`: building the objects in Python ran
-at half the server's speed (README, "Measured design choices"). A whole-table export goes
-further and fetches the JSON a few heap pages per result row (`pages_query`), which cut
-SQLAlchemy's per-row cost out; an export with `since` reads row by row, so that the planner can
-use the index on the `since` column. An incremental export (`changes`) reads by pages too.
+JSON Lines are rendered by PostgreSQL's `row_to_json`: building the objects in Python ran at half
+the server's speed (README, "Measured design choices"). A whole-table export (and an incremental
+one, `changes`) goes through COPY too, a range of heap pages per statement, on up to two
+connections sharing the snapshot (jobs/exports/pages.py); an export with `since` reads row by
+row through a server-side cursor, a bounded batch at a time, so that the planner can use the
+index on the `since` column.
 """
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import Select, Text, TextClause, func, select, text
+from sqlalchemy import ColumnElement, Select, Table, Text, and_, func, select, text
 from sqlalchemy.engine import Dialect
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession, async_sessionmaker
 
 from jobs.db import driver_connection
+from jobs.exports.pages import SNAPSHOT_ID, jsonl_by_pages
 from jobs.exports.xids import Changes
 from jobs.registry import Dataset
 
 # Rows per FETCH of the JSON Lines cursor, when it reads row by row (exports with `since`);
 # larger fetches were slower and held more (README, "Measured design choices").
 BATCH_ROWS = 2_000
-# Whole-table JSON Lines exports fetch chunks of this many heap pages (about 150 customers rows,
-# 55 KB of JSON), this many chunks per FETCH: SQLAlchemy's asyncpg cursor fetches at least 50
-# result rows at a time anyway. More pages per chunk ran no faster and held more memory.
-CHUNK_PAGES = 4
-CHUNKS_PER_FETCH = 50
 
 Sink = Callable[[bytes], Awaitable[None]]
 First = Callable[[AsyncConnection], Awaitable[object]]
@@ -51,6 +47,8 @@ class Snapshot:
     """The session whose transaction this is, for ORM queries (`conn` is its connection)."""
     opening: object = None
     """What `first` returned, if given."""
+    sessionmaker: async_sessionmaker[AsyncSession] | None = None
+    """Where `session` came from: helpers reading in the same snapshot open theirs there."""
 
 
 @asynccontextmanager
@@ -74,20 +72,69 @@ async def snapshot(
         await conn.execute(text("set local timezone = 'UTC'"))
         opening = None if first is None else await first(conn)
         taken_at = (await conn.execute(select(func.clock_timestamp()))).scalar_one()
-        yield Snapshot(conn=conn, taken_at=taken_at, session=session, opening=opening)
+        yield Snapshot(
+            conn=conn,
+            taken_at=taken_at,
+            session=session,
+            opening=opening,
+            sessionmaker=sessionmaker,
+        )
+
+
+def joiner(snap: Snapshot) -> Callable[[str], AbstractAsyncContextManager[AsyncConnection]] | None:
+    """Opens a read-only transaction in `snap`'s exported snapshot (by its id) and yields its
+    connection, with the same settings as `snap`'s; None when `snap` has no sessionmaker."""
+    sessionmaker = snap.sessionmaker
+    if sessionmaker is None:
+        return None
+
+    @asynccontextmanager
+    async def join(snapshot_id: str) -> AsyncIterator[AsyncConnection]:
+        assert SNAPSHOT_ID.fullmatch(snapshot_id)  # a literal: SET takes no parameters
+
+        async def adopt(conn: AsyncConnection) -> None:
+            await conn.execute(text(f"set transaction snapshot '{snapshot_id}'"))
+
+        async with snapshot(sessionmaker, first=adopt) as helper:
+            yield helper.conn
+
+    return join
+
+
+@dataclass(frozen=True, slots=True)
+class KeyRange:
+    """The rows whose primary key is at least `lower` and below `upper` (None: unbounded), one
+    part of a parallel export (jobs/exports/parallel.py)."""
+
+    lower: object = None
+    upper: object = None
+
+    def clause(self, table: Table) -> ColumnElement[bool]:
+        (key,) = table.primary_key.columns
+        bounds = [] if self.lower is None else [key >= self.lower]
+        bounds += [] if self.upper is None else [key < self.upper]
+        return and_(True, *bounds)
 
 
 def rows_query(
-    dataset: Dataset, *, since: datetime | None, changes: Changes | None, dialect: Dialect
+    dataset: Dataset,
+    *,
+    since: datetime | None,
+    changes: Changes | None,
+    dialect: Dialect,
+    key_range: KeyRange | None = None,
 ) -> Select[tuple[object, ...]]:
     """The dataset's columns, in registry order; with `since`, only rows changed after it; with
-    `changes`, only rows written by transactions the previous export did not see."""
+    `changes`, only rows written by transactions the previous export did not see; with
+    `key_range`, only the rows whose key lies in it."""
     table = dataset.table
     query: Select[tuple[object, ...]] = select(*(table.c[name] for name in dataset.export_columns))
     if since is not None:
         query = query.where(table.c[dataset.since_column] > since)
     if changes is not None:
         query = query.where(changes.clause(table, dialect))
+    if key_range is not None:
+        query = query.where(key_range.clause(table))
     return query
 
 
@@ -99,10 +146,11 @@ async def copy_csv(
     changes: Changes | None = None,
     sink: Sink,
     progress: Progress,
+    key_range: KeyRange | None = None,
 ) -> int:
     """Stream the dataset as CSV with a header row into `sink`; returns the number of rows."""
     dialect = snap.conn.dialect
-    query = rows_query(dataset, since=since, changes=changes, dialect=dialect)
+    query = rows_query(dataset, since=since, changes=changes, dialect=dialect, key_range=key_range)
     compiled = query.compile(dialect=dialect)
     args = [compiled.params[name] for name in compiled.positiontup or ()]
     driver = await driver_connection(snap.conn)
@@ -146,19 +194,32 @@ async def stream_jsonl(
     changes: Changes | None = None,
     sink: Sink,
     progress: Progress,
+    key_range: KeyRange | None = None,
 ) -> int:
     """Stream the dataset as JSON Lines into `sink`; returns the number of rows.
 
     One object per row with the column names as keys; timestamps are ISO-8601 in UTC, UUIDs are
-    strings, integers are numbers (PostgreSQL's own JSON rendering of each type).
+    strings, integers are numbers (PostgreSQL's own JSON rendering of each type). A key range
+    (one part of a parallel export) is read row by row, through the primary key's index.
     """
     server = snap.conn.dialect.server_version_info or (0,)
-    if since is None and server >= (14,):  # TID range scans came with PostgreSQL 14
-        return await _jsonl_by_pages(
-            snap, dataset=dataset, changes=changes, sink=sink, progress=progress
+    if since is None and key_range is None and server >= (14,):  # TID range scans: PG 14+
+        return await jsonl_by_pages(
+            snap.conn,
+            dataset=dataset,
+            changes=changes,
+            sink=sink,
+            progress=progress,
+            join=joiner(snap),
         )
     return await _jsonl_by_rows(
-        snap, dataset=dataset, since=since, changes=changes, sink=sink, progress=progress
+        snap,
+        dataset=dataset,
+        since=since,
+        changes=changes,
+        sink=sink,
+        progress=progress,
+        key_range=key_range,
     )
 
 
@@ -170,9 +231,12 @@ async def _jsonl_by_rows(
     changes: Changes | None,
     sink: Sink,
     progress: Progress,
+    key_range: KeyRange | None = None,
 ) -> int:
     """One result row per table row; the planner may use the index on the `since` column."""
-    rows = rows_query(dataset, since=since, changes=changes, dialect=snap.conn.dialect)
+    rows = rows_query(
+        dataset, since=since, changes=changes, dialect=snap.conn.dialect, key_range=key_range
+    )
     table = rows.subquery("r")
     query = select(func.row_to_json(table.table_valued()).cast(Text))
     result = await snap.conn.stream(query.execution_options(yield_per=BATCH_ROWS))
@@ -182,66 +246,5 @@ async def _jsonl_by_rows(
         lines.append("")  # a newline after the last line too
         await sink("\n".join(lines).encode())
         count += len(batch)
-        await progress(count)
-    return count
-
-
-def pages_query(
-    dataset: Dataset, *, pages: int, dialect: Dialect, changes: Changes | None = None
-) -> TextClause:
-    """The whole table (or its `changes`) as chunks of JSON Lines, one result row per `pages`
-    heap pages.
-
-    Each chunk reads its pages with a TID range scan, so together the chunks read the table once,
-    in its physical order as a plain scan would. The page count is read inside the snapshot: a
-    row the snapshot sees lies in a page that existed when it was taken, and tables only grow
-    while a snapshot that could see a row is open (VACUUM truncates only empty trailing pages).
-    """
-    quote = dialect.identifier_preparer.quote
-    table = quote(dataset.table.name)
-    columns = ", ".join(quote(name) for name in dataset.export_columns)
-    regclass = "'" + table.replace("'", "''") + "'::regclass"
-    # The plain export's query stays exactly as it was: no condition at all.
-    where, params = ("", {}) if changes is None else changes.sql(table)
-    return text(
-        f"""
-        select chunk.rows, chunk.lines
-        from generate_series(
-            0, pg_relation_size({regclass}) / current_setting('block_size')::int, {int(pages)}
-        ) as b
-        cross join lateral (
-            select count(*) as rows, string_agg(row_to_json(r)::text, E'\\n') as lines
-            from (
-                select {columns} from {table}
-                where ctid >= format('(%s,0)', b)::tid
-                  and ctid < format('(%s,0)', b + {int(pages)})::tid
-                  {"and " + where if where else ""}
-            ) as r
-        ) as chunk
-        where chunk.rows > 0
-        """
-    ).bindparams(**params)
-
-
-async def _jsonl_by_pages(
-    snap: Snapshot, *, dataset: Dataset, changes: Changes | None, sink: Sink, progress: Progress
-) -> int:
-    """A whole-table export with one result row per few hundred table rows.
-
-    Measured on 1M customers rows, SQLAlchemy's handling of each result row (the adapter's
-    buffer, the Row) cost as much as PostgreSQL rendering the JSON: the same export ran in about
-    two thirds of the time with the rows fetched in chunks.
-    """
-    query = pages_query(dataset, pages=CHUNK_PAGES, dialect=snap.conn.dialect, changes=changes)
-    # text() with yield_per was measured buffering the whole result; stream_results with a
-    # bounded buffer does stream.
-    result = await snap.conn.stream(
-        query.execution_options(stream_results=True, max_row_buffer=CHUNKS_PER_FETCH)
-    )
-    count = 0
-    async for batch in result.partitions(CHUNKS_PER_FETCH):
-        for rows, lines in batch:
-            await sink(lines.encode() + b"\n")
-            count += rows
         await progress(count)
     return count

@@ -20,7 +20,7 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 import jobs.transfers.job as transfers_job
-from jobs.exports import stream as export_stream
+from jobs.exports import pages as export_pages
 from jobs.imports import copying
 from tests.support.etl_process import cli_env, drop_queue, etl
 from tests.support.import_files import CUSTOMER_HEADER, count, customer_line, rows, write
@@ -251,8 +251,8 @@ async def test_a_running_export_is_stopped_mid_stream_and_leaves_no_file(
                 "from generate_series(1, 20000) n"
             )
         )
-    monkeypatch.setattr(export_stream, "CHUNK_PAGES", 1)
-    monkeypatch.setattr(export_stream, "CHUNKS_PER_FETCH", 1)
+    monkeypatch.setattr(export_pages, "SEGMENT_PAGES", 1)
+    monkeypatch.setattr(export_pages, "CHUNK_PAGES", 1)
     stalled = stall_on_progress(monkeypatch, when=lambda c: c.get("rows", 0) > 0)
     directory = settings.export_dir / "customers"
     async with running_worker(settings, redis):

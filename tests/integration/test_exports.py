@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import csv
 import gzip
 import hashlib
@@ -27,6 +28,7 @@ from sqlalchemy.pool import NullPool
 
 from jobs import schema as tables
 from jobs.errors import PathNotAllowed
+from jobs.exports import pages as export_pages
 from jobs.exports import stream as export_stream
 from jobs.exports.job import export_dataset
 from jobs.exports.stream import snapshot
@@ -182,8 +184,8 @@ async def export(app: AppContext, run: RunHandle | None = None, **payload: Any) 
 def small_batches(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     """JSON Lines read 3 rows, or 1 heap page, at a time: a small table spans many batches."""
     monkeypatch.setattr(export_stream, "BATCH_ROWS", 3)
-    monkeypatch.setattr(export_stream, "CHUNK_PAGES", 1)
-    monkeypatch.setattr(export_stream, "CHUNKS_PER_FETCH", 1)
+    monkeypatch.setattr(export_pages, "SEGMENT_PAGES", 1)
+    monkeypatch.setattr(export_pages, "CHUNK_PAGES", 1)
     yield
 
 
@@ -582,3 +584,92 @@ async def test_export_through_the_real_worker(
         "compressed": True,
         "incremental": None,
     }
+
+
+# A whole-table JSON Lines export reads on a helper connection too, in the same snapshot
+# (jobs/exports/pages.py); these tests hold the snapshot's own reader back until the helper has
+# read, so that both read whatever the timing.
+
+
+def two_readers(monkeypatch: pytest.MonkeyPatch, *, before: Any = None) -> list[int]:
+    """Spy on each segment's reader (its connection's id, in reading order); the snapshot's own
+    reader runs `before()` and then waits for a helper to read before it reads anything."""
+    monkeypatch.setattr(export_pages, "READERS", 2)
+    seen: list[int] = []
+    helped = asyncio.Event()
+    original = export_pages._Segments.read
+
+    async def read(self: Any, conn: Any, index: int) -> None:
+        seen.append(id(conn))
+        if index == 0:  # the snapshot's own reader claims first
+            if before is not None:
+                await before()
+            await asyncio.wait_for(helped.wait(), 15)
+        elif id(conn) != seen[0]:
+            helped.set()
+        await original(self, conn, index)
+
+    monkeypatch.setattr(export_pages._Segments, "read", read)
+    return seen
+
+
+async def test_two_readers_write_what_one_writes_from_one_snapshot(
+    app: AppContext, engine: AsyncEngine, small_batches: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    rows = await seed_wide(engine)
+    monkeypatch.setattr(export_pages, "READERS", 1)
+    alone = await export(app, dataset="customers", format="jsonl")
+
+    async def change_everything() -> None:  # committed after the snapshot was taken
+        async with engine.begin() as conn:
+            await conn.execute(text("update customers set full_name = 'changed'"))
+        await seed_customers(engine, [customer(i) for i in range(100, 110)])
+
+    seen = two_readers(monkeypatch, before=change_everything)
+    both = await export(app, dataset="customers", format="jsonl")
+    assert len(set(seen)) == 2 and len(seen) >= 10
+    assert both.rows == alone.rows == rows
+    assert read_bytes(Path(both.path)) == read_bytes(Path(alone.path))
+
+
+async def test_a_helper_that_cannot_start_leaves_the_reading_to_the_snapshot(
+    app: AppContext, engine: AsyncEngine, small_batches: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    rows = await seed_wide(engine)
+    monkeypatch.setattr(export_pages, "READERS", 2)
+
+    def no_helper(snap: Any) -> Any:
+        @contextlib.asynccontextmanager
+        async def join(snapshot_id: str) -> Any:
+            raise ConnectionRefusedError("no connection to be had")
+            yield
+
+        return join
+
+    monkeypatch.setattr(export_stream, "joiner", no_helper)
+    result = await export(app, dataset="customers", format="jsonl")
+    assert result.rows == rows
+    lines = read_bytes(Path(result.path)).decode().splitlines()
+    assert [json.loads(line)["external_id"] for line in lines] == [
+        f"C{i:05d}" for i in range(1, 53)
+    ]
+
+
+async def test_a_helper_failing_midway_fails_the_export_and_leaves_nothing(
+    app: AppContext, engine: AsyncEngine, small_batches: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    rows = await seed_wide(engine)
+    seen = two_readers(monkeypatch)
+    original = export_pages._Segments.read
+
+    async def fail_on_the_helper(self: Any, conn: Any, index: int) -> None:
+        await original(self, conn, index)
+        if id(conn) != seen[0]:  # the helper, after its first segment
+            raise RuntimeError("helper lost")
+
+    monkeypatch.setattr(export_pages._Segments, "read", fail_on_the_helper)
+    with pytest.raises(RuntimeError, match="helper lost"):
+        await export(app, dataset="customers", format="jsonl")
+    assert listing(app.settings.export_dir / "customers") == []
+    monkeypatch.undo()
+    assert (await export(app, dataset="customers", format="jsonl")).rows == rows

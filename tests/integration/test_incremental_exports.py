@@ -31,7 +31,8 @@ from jobs.exports import feeds
 from jobs.exports.feeds import FeedBusy, FeedDatasetMismatch
 from jobs.exports.files import ExportFileError, StagedFile
 from jobs.exports.job import export_dataset
-from jobs.exports.stream import pages_query, rows_query
+from jobs.exports.pages import pages_query
+from jobs.exports.stream import rows_query
 from jobs.exports.xids import (
     MAX_CURSOR_AGE,
     XID_MASK,
@@ -593,10 +594,10 @@ async def test_the_plain_export_reads_without_the_filter(
     assert (await feed_row(engine, "crm") or {})["exports"] == 2
     customers = get_dataset("customers")
     for query in (
-        pages_query(customers, pages=4, dialect=engine.dialect),
+        pages_query(customers, dialect=engine.dialect)(0, 4),
         rows_query(customers, since=None, changes=None, dialect=engine.dialect),
     ):
         assert "xmin" not in str(query)
     assert "age(" in str(
-        pages_query(customers, pages=4, dialect=engine.dialect, changes=Changes("5:5:"))
+        pages_query(customers, dialect=engine.dialect, changes=Changes("5:5:"))(0, 4)
     )

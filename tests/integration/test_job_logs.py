@@ -231,6 +231,7 @@ def test_worker_started_lists_every_function_and_when_cron_jobs_run_next(run: Ru
         "transfer_funds",
         "ping",
         "nightly_export",
+        "export_part",
     ]
     at = datetime.fromisoformat(started["timestamp"])
     expected = at.replace(hour=3, minute=15, second=0, microsecond=123_456)

@@ -256,3 +256,18 @@ def test_export_help_says_since_is_strictly_later(capsys: pytest.CaptureFixture[
     assert "strictly later than this time" in shown
     readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
     assert "strictly later" in readme
+
+
+def test_export_parts_argument() -> None:
+    _, payload = payload_of("export", "--dataset", "customers", "--parts", "4", "--gzip")
+    assert (payload["parts"], payload["compress"]) == (4, True)
+    assert "parts" not in payload_of("export", "--dataset", "customers")[1]
+    assert refusal("export", "--dataset", "customers", "--parts", "17") == (
+        "--parts: Input should be less than or equal to 16"
+    )
+    assert refusal("export", "--dataset", "customers", "--parts", "0") == (
+        "--parts: Input should be greater than or equal to 1"
+    )
+    assert refusal(
+        "export", "--dataset", "accounts", "--incremental", "daily", "--parts", "2"
+    ).startswith("--parts: cannot be combined with incremental: ")

@@ -173,6 +173,14 @@ def _configure_export(jobs: Subparsers, common: argparse.ArgumentParser) -> None
         help="nest each customer's accounts in its line as an array: --include accounts "
         "(--dataset customers --format jsonl only; not with --incremental)",
     )
+    exp.add_argument(
+        "--parts",
+        type=int,
+        default=1,
+        metavar="N",
+        help="write N files (1-16) in parallel from one snapshot, one primary-key range each, "
+        "by any free workers (default 1); not with --incremental or --include",
+    )
 
 
 def _configure_transfer(jobs: Subparsers, common: argparse.ArgumentParser) -> None:

@@ -43,6 +43,7 @@ FLAGS: dict[str, str] = {
     "since": "--since",
     "incremental": "--incremental",
     "include": "--include",
+    "parts": "--parts",
     "rows": "--from-file",
     "transfers": "--from-file",
     "id": "--id",
@@ -132,8 +133,9 @@ def export_payload(
     since: str | None,
     incremental: str | None = None,
     include: Sequence[str] | None = None,
+    parts: int = 1,
 ) -> ExportPayload:
-    data: dict[str, Any] = {"dataset": dataset, "format": format, "compress": gzip}
+    data: dict[str, Any] = {"dataset": dataset, "format": format, "compress": gzip, "parts": parts}
     if since is not None:
         data["since"] = since
     if incremental is not None:
@@ -206,6 +208,7 @@ def payload_from_args(args: argparse.Namespace) -> tuple[AnySpec, BaseModel]:
             since=args.since,
             incremental=args.incremental,
             include=args.include,
+            parts=args.parts,
         )
     if args.job == "transfer":
         return BY_NAME["transfer_funds"], transfer_payload(
