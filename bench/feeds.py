@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 from pathlib import Path
+from typing import Any
 
 from bench import sessions
 from bench.context import BenchContext
@@ -47,24 +48,24 @@ async def _change(bench: BenchContext) -> str:
     return str(mark)
 
 
-async def _feed_export(bench: BenchContext, feed: str) -> tuple[ExportResult, float]:
+async def _feed_export(bench: BenchContext, feed: str) -> tuple[ExportResult, dict[str, Any]]:
     report = await run_child(url=bench.url, import_dir=bench.settings.import_dir,
                              export_dir=bench.settings.export_dir,
                              log_file=bench.workdir / "jobs.log",
                              job=["export", "--format", "csv", "--incremental", feed])  # fmt: skip
     result = ExportResult.model_validate(report["result"])
     await asyncio.to_thread(Path(result.path).unlink, missing_ok=True)
-    return result, report["seconds"]
+    return result, report
 
 
 async def run_incremental(bench: BenchContext, *, changed: int) -> Measured:
     feed = f"bench-{next(_feeds)}"
     await _feed_export(bench, feed)  # the feed's first export: every row (untimed)
     await _change(bench)
-    result, seconds = await _feed_export(bench, feed)
+    result, report = await _feed_export(bench, feed)
     if result.rows != changed:
         raise BenchError(f"the incremental export carried {result.rows} rows, expected {changed}")
-    return Measured(seconds=seconds, rows=changed)
+    return Measured(seconds=report["seconds"], rows=changed, peak_rss_mb=report["peak_rss_mb"])
 
 
 async def psql_changed(bench: BenchContext, *, changed: int) -> Measured:

@@ -11,6 +11,8 @@ the manifest and the renames.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import json
 import os
 import signal
 import sys
@@ -61,17 +63,23 @@ async def _wait_ready(procs: list[asyncio.subprocess.Process], ready: list[Path]
         await asyncio.sleep(0.02)
 
 
-async def _stop(procs: list[asyncio.subprocess.Process]) -> None:
+async def _stop(procs: list[asyncio.subprocess.Process]) -> list[float]:
+    """Stop the workers; the peak RSS (MB) each reported in its last JSON line."""
     for proc in procs:
         if proc.returncode is None:
             proc.send_signal(signal.SIGTERM)
+    peaks: list[float] = []
     for proc in procs:
         try:
             async with asyncio.timeout(30):
-                await proc.communicate()
+                out, _ = await proc.communicate()
         except TimeoutError:
             proc.kill()
             await proc.wait()
+            continue
+        with contextlib.suppress(ValueError, IndexError, KeyError, TypeError):
+            peaks.append(float(json.loads(out.decode().strip().splitlines()[-1])["peak_rss_mb"]))
+    return peaks
 
 
 async def export_in_parts(bench: BenchContext, *, rows: int) -> Measured:
@@ -99,10 +107,11 @@ async def export_in_parts(bench: BenchContext, *, rows: int) -> Measured:
             )
     finally:
         await pool.aclose()
-        await _stop(procs)
+        peaks = await _stop(procs)
         for path in ready:
             path.unlink(missing_ok=True)
-    return Measured(seconds=seconds, rows=rows)
+    # The larger of the two workers' peaks: each holds one part's stream at a time.
+    return Measured(seconds=seconds, rows=rows, peak_rss_mb=max(peaks, default=None))
 
 
 async def scenario(bench: BenchContext, *, rows: int, rounds: int, size: str) -> Row:
